@@ -1,0 +1,50 @@
+//! The command line: one file per subcommand; `main.rs` only parses and dispatches.
+
+pub mod check;
+pub mod serve;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::telemetry::LogFormat;
+
+/// synapse-gate: an identity-aware reverse proxy for Azure Synapse.
+#[derive(Debug, Parser)]
+#[command(name = "synapse-gate", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "auto",
+        env = "SYNAPSE_GATE_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
+    /// What to do (default: serve).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Configuration file, when no subcommand is given.
+    #[arg(short, long, env = "SYNAPSE_GATE_CONFIG", default_value = "gate.yaml")]
+    pub config: PathBuf,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy (the default).
+    Serve(ConfigArg),
+    /// Validate the configuration: exit 0, or print every error with file:line:col and exit 1.
+    Check(ConfigArg),
+    /// Print the JSON Schema of gate.yaml.
+    Schema,
+}
+
+/// The `-c gate.yaml` option.
+#[derive(Debug, clap::Args)]
+pub struct ConfigArg {
+    /// Configuration file.
+    #[arg(short, long, env = "SYNAPSE_GATE_CONFIG", default_value = "gate.yaml")]
+    pub config: PathBuf,
+}

@@ -1,0 +1,39 @@
+//! `synapse-gate serve`: the proxy, with signals. SIGTERM or Ctrl-C drains and exits 0; SIGHUP
+//! reloads the configuration.
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::server::Running;
+
+/// Runs until SIGTERM or SIGINT, then drains.
+pub async fn run(config: &Path) -> anyhow::Result<()> {
+    let loaded = crate::config::load(config).map_err(|problems| anyhow::anyhow!("{problems}"))?;
+    if loaded.config.providers.is_empty() {
+        bail!(
+            "{}: `providers` is empty: the gate forwards only authenticated requests, so at least one OpenID Connect provider must be configured",
+            config.display()
+        );
+    }
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let mut hangup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+
+    let running = Running::start(config, true).await?;
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+            _ = hangup.recv() => {
+                tracing::info!("SIGHUP: reloading the configuration");
+                let _ = running.gate.reload();
+            }
+        }
+    }
+    tracing::info!("shutting down: no new connections, draining open requests");
+    running.stop().await;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,86 @@
+//! `gate.yaml`: the model, strict parsing with positioned errors, and the checks that need no network.
+//!
+//! Loading never touches a socket; turning a valid configuration into running parts is
+//! [`crate::snapshot`]'s job.
+
+mod diagnostic;
+mod duration;
+mod model;
+mod validate;
+
+use std::path::{Path, PathBuf};
+
+pub use diagnostic::{closest, Diagnostic, Diagnostics};
+pub use duration::HumanDuration;
+pub use model::*;
+pub use validate::{parse_host_match, HostMatch};
+
+/// A parsed configuration together with where it came from (for positioned errors later on).
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    pub path: PathBuf,
+    pub source: String,
+    pub config: GateConfig,
+}
+
+impl LoadedConfig {
+    /// A diagnostic at `location` in this file.
+    pub fn diagnostic(
+        &self,
+        location: serde_saphyr::Location,
+        message: impl Into<String>,
+    ) -> Diagnostic {
+        Diagnostic::at(&self.path, &self.source, location, message)
+    }
+
+    /// Resolves a path written in the file relative to the file's directory.
+    pub fn resolve_path(&self, path: &Path) -> PathBuf {
+        match self.path.parent() {
+            Some(dir) if path.is_relative() => dir.join(path),
+            _ => path.to_owned(),
+        }
+    }
+}
+
+/// Reads, parses and checks `path`: every error found, each with file, line and column.
+pub fn load(path: &Path) -> Result<LoadedConfig, Diagnostics> {
+    let source = std::fs::read_to_string(path)
+        .map_err(|e| Diagnostic::whole_file(path, format!("cannot read the file: {e}")))?;
+    let loaded = parse(path, source)?;
+    let problems = validate::check(&loaded);
+    if problems.is_empty() {
+        Ok(loaded)
+    } else {
+        Err(Diagnostics(problems))
+    }
+}
+
+/// Parses `source` (the text of `path`) without the semantic checks.
+pub fn parse(path: &Path, source: String) -> Result<LoadedConfig, Diagnostics> {
+    if source.trim().is_empty() {
+        return Err(Diagnostic::whole_file(path, "the file is empty").into());
+    }
+    let config = serde_saphyr::from_str::<GateConfig>(&source)
+        .map_err(|e| Diagnostic::from_yaml(path, &source, &e))?;
+    Ok(LoadedConfig {
+        path: path.to_owned(),
+        source,
+        config,
+    })
+}
+
+/// The JSON Schema of `gate.yaml`, for editors and CI.
+pub fn json_schema() -> serde_json::Value {
+    let mut schema = serde_json::to_value(schemars::schema_for!(GateConfig)).unwrap_or_default();
+    if let Some(object) = schema.as_object_mut() {
+        object.insert(
+            "$id".into(),
+            serde_json::Value::String("https://synapse-gate.dev/schema/gate.json".into()),
+        );
+        object.insert(
+            "title".into(),
+            serde_json::Value::String("synapse-gate configuration (gate.yaml)".into()),
+        );
+    }
+    schema
+}

@@ -1,0 +1,269 @@
+//! The shape of `gate.yaml`: plain serde structs, strictly parsed (unknown keys are errors).
+//!
+//! Fields that later validation must point at keep their position as [`Spanned`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use super::duration::HumanDuration;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GateConfig {
+    /// The client-facing listener.
+    pub listen: ListenConfig,
+    /// The operator-facing listener: `/healthz`, `/readyz`, `/metrics`.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+    /// OpenID Connect providers whose tokens are accepted from callers.
+    #[serde(default)]
+    pub providers: Vec<ProviderConfig>,
+    /// Where requests go.
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+/// Client-facing listener settings.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// `ip:port` to bind, e.g. `0.0.0.0:8443`.
+    #[schemars(with = "String")]
+    pub address: Spanned<String>,
+    /// TLS settings; without them the gate speaks plain HTTP (meant for a sidecar on loopback).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// The base URL clients use to reach the gate (`https://gate.example.com`). Used when rewriting
+    /// upstream URLs in responses; by default it is derived from the request's scheme and `Host`.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub external_url: Option<Spanned<String>>,
+    /// Peers (CIDRs) whose `X-Forwarded-*` headers are kept and extended rather than replaced.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub trusted_proxies: Vec<Spanned<String>>,
+    /// Largest accepted request header block, in bytes (431 above it).
+    #[serde(default = "defaults::max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Largest accepted request body, in bytes (413 above it).
+    #[serde(default = "defaults::max_body_bytes")]
+    pub max_body_bytes: u64,
+    /// Time a client has to send its complete request headers.
+    #[serde(default = "defaults::header_read_timeout")]
+    pub header_read_timeout: HumanDuration,
+    /// On SIGTERM, in-flight requests get this long to finish before the process exits.
+    #[serde(default = "defaults::drain_timeout")]
+    pub drain_timeout: HumanDuration,
+}
+
+/// Server certificate, key and optional client CA (mTLS). Files are reloaded when they change.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    #[schemars(with = "PathBuf")]
+    pub cert: Spanned<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    #[schemars(with = "PathBuf")]
+    pub key: Spanned<PathBuf>,
+    /// PEM bundle of CAs; when set, clients must present a certificate issued by one of them.
+    #[serde(default)]
+    #[schemars(with = "Option<PathBuf>")]
+    pub client_ca: Option<Spanned<PathBuf>>,
+}
+
+/// Operator-facing listener settings.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `ip:port` to bind, e.g. `127.0.0.1:9090`.
+    #[schemars(with = "String")]
+    pub address: Spanned<String>,
+}
+
+/// An OpenID Connect provider trusted to authenticate callers.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Short name used in policies, metrics and audit events.
+    #[schemars(with = "String")]
+    pub name: Spanned<String>,
+    /// Exact `iss` value of the provider's tokens.
+    #[schemars(with = "String")]
+    pub issuer: Spanned<String>,
+    /// Accepted `aud` values; a token must carry at least one of them.
+    #[schemars(with = "Vec<String>")]
+    pub audiences: Spanned<Vec<String>>,
+    /// Where the signing keys are; by default found through OIDC discovery from `issuer`.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub jwks_uri: Option<Spanned<String>>,
+    /// Extra CA (PEM) trusted when fetching discovery documents and keys.
+    #[serde(default)]
+    #[schemars(with = "Option<PathBuf>")]
+    pub ca_file: Option<Spanned<PathBuf>>,
+    /// Accepted signature algorithms (asymmetric only).
+    #[serde(default)]
+    #[schemars(with = "Option<Vec<String>>")]
+    pub algorithms: Option<Spanned<Vec<String>>>,
+    /// Tolerance for `exp`, `nbf` and `iat`.
+    #[serde(default)]
+    pub clock_skew: Option<HumanDuration>,
+    /// Required `typ` header value (e.g. `at+jwt`).
+    #[serde(default)]
+    pub typ: Option<String>,
+    /// Claims that must be present with one of the given values.
+    #[serde(default)]
+    pub required_claims: BTreeMap<String, ClaimValues>,
+    /// Where principal attributes live in the token.
+    #[serde(default)]
+    pub claims: ClaimMapping,
+}
+
+/// One accepted value or a list of accepted values.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ClaimValues {
+    /// A single value.
+    One(String),
+    /// Any of these values.
+    Any(Vec<String>),
+}
+
+/// Names of the token claims that carry principal attributes.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimMapping {
+    /// Group names (default `groups`).
+    #[serde(default)]
+    pub groups: Option<String>,
+    /// App roles (default `roles`).
+    #[serde(default)]
+    pub roles: Option<String>,
+    /// Scopes (default `scp`, then `scope`; space separated).
+    #[serde(default)]
+    pub scopes: Option<String>,
+    /// E-mail (default `email`, then `preferred_username`, then `upn`).
+    #[serde(default)]
+    pub email: Option<String>,
+    /// Display name (default `name`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Calling application (default `azp`, then `appid`).
+    #[serde(default)]
+    pub client_id: Option<String>,
+}
+
+/// The services behind the gate.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Short name used in metrics and audit events.
+    #[schemars(with = "String")]
+    pub name: Spanned<String>,
+    /// Base URL, e.g. `https://contoso.dev.azuresynapse.net`.
+    #[schemars(with = "String")]
+    pub url: Spanned<String>,
+    /// `synapse-dev` (a Synapse workspace development endpoint) or `http` (anything else).
+    #[serde(default)]
+    pub kind: UpstreamKind,
+    /// Which requests go here.
+    #[serde(rename = "match")]
+    pub matcher: MatchConfig,
+    /// OAuth scope of the workload token (defaults from `kind`).
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// Extra CA (PEM) trusted for this upstream, on top of the platform roots.
+    #[serde(default)]
+    #[schemars(with = "Option<PathBuf>")]
+    pub ca_file: Option<Spanned<PathBuf>>,
+    /// Connection and response timeouts.
+    #[serde(default)]
+    pub timeouts: UpstreamTimeouts,
+    /// JSON response bodies up to this size are inspected to rewrite `nextLink`; larger ones stream untouched.
+    #[serde(default = "defaults::rewrite_body_limit")]
+    pub rewrite_body_limit: usize,
+}
+
+/// Kinds of upstream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamKind {
+    /// Azure Synapse development endpoint: Synapse-aware classification and URL rewriting.
+    #[default]
+    SynapseDev,
+    /// Any HTTP service.
+    Http,
+}
+
+/// Request matching: every given field must match.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MatchConfig {
+    /// `Host` the client used (port ignored, case-insensitive). `*.example.com` matches one label.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub host: Option<Spanned<String>>,
+    /// Path prefix at a segment boundary; removed before forwarding.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub path_prefix: Option<Spanned<String>>,
+}
+
+/// Upstream timeouts.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTimeouts {
+    /// TCP + TLS connection establishment.
+    #[serde(default = "defaults::connect_timeout")]
+    pub connect: HumanDuration,
+    /// From sending the request to receiving the response headers.
+    #[serde(default = "defaults::response_header_timeout")]
+    pub response_header: HumanDuration,
+    /// Pooled connections idle longer than this are closed.
+    #[serde(default = "defaults::pool_idle_timeout")]
+    pub idle: HumanDuration,
+}
+
+impl Default for UpstreamTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: defaults::connect_timeout(),
+            response_header: defaults::response_header_timeout(),
+            idle: defaults::pool_idle_timeout(),
+        }
+    }
+}
+
+mod defaults {
+    use super::HumanDuration;
+
+    pub fn max_header_bytes() -> usize {
+        32 * 1024
+    }
+    pub fn max_body_bytes() -> u64 {
+        256 * 1024 * 1024
+    }
+    pub fn header_read_timeout() -> HumanDuration {
+        HumanDuration::from_secs(10)
+    }
+    pub fn drain_timeout() -> HumanDuration {
+        HumanDuration::from_secs(30)
+    }
+    pub fn connect_timeout() -> HumanDuration {
+        HumanDuration::from_secs(5)
+    }
+    pub fn response_header_timeout() -> HumanDuration {
+        HumanDuration::from_secs(100)
+    }
+    pub fn pool_idle_timeout() -> HumanDuration {
+        HumanDuration::from_secs(90)
+    }
+    pub fn rewrite_body_limit() -> usize {
+        4 * 1024 * 1024
+    }
+}

@@ -1,0 +1,315 @@
+//! Semantic checks on a parsed configuration: everything that can be wrong without opening a file
+//! or a socket. Each problem points at the value that causes it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use serde_saphyr::Spanned;
+
+use super::{Diagnostic, LoadedConfig, UpstreamConfig};
+
+/// Algorithms a provider may allow: asymmetric signatures only, so a public key can never be used
+/// as an HMAC secret.
+pub const SUPPORTED_ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+
+/// How an upstream's `match.host` compares with a request's host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    /// This host exactly (lowercase).
+    Exact(String),
+    /// Any single label followed by this suffix (lowercase, starting with `.`).
+    Wildcard(String),
+}
+
+impl HostMatch {
+    /// Whether `host` (any case, port already removed) matches.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostMatch::Exact(expected) => host.eq_ignore_ascii_case(expected),
+            HostMatch::Wildcard(suffix) => {
+                let Some(split) = host.len().checked_sub(suffix.len()) else {
+                    return false;
+                };
+                let (label, tail) = (host.get(..split), host.get(split..));
+                matches!((label, tail), (Some(label), Some(tail))
+                    if tail.eq_ignore_ascii_case(suffix) && !label.is_empty() && !label.contains('.'))
+            }
+        }
+    }
+}
+
+/// Parses a `match.host` value: a DNS name or `*.` followed by one.
+pub fn parse_host_match(value: &str) -> Result<HostMatch, String> {
+    let lower = value.to_ascii_lowercase();
+    let (wildcard, name) = match lower.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, lower.as_str()),
+    };
+    let valid_label = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(valid_label) {
+        return Err(format!(
+            "`{value}` is not a host name (letters, digits, `-` and `.`, optionally starting with `*.`; no port)"
+        ));
+    }
+    Ok(if wildcard {
+        HostMatch::Wildcard(format!(".{name}"))
+    } else {
+        HostMatch::Exact(name.to_owned())
+    })
+}
+
+pub(super) fn check(loaded: &LoadedConfig) -> Vec<Diagnostic> {
+    let mut problems = Vec::new();
+    let config = &loaded.config;
+    let mut report =
+        |location, message: String| problems.push(loaded.diagnostic(location, message));
+
+    let listen = socket_address(&config.listen.address, &mut report);
+    if let Some(admin) = &config.admin {
+        if let (Some(listen), Some(admin_address)) =
+            (listen, socket_address(&admin.address, &mut report))
+        {
+            if listen == admin_address && listen.port() != 0 {
+                report(
+                    admin.address.referenced,
+                    "the admin listener cannot share the client listener's address".into(),
+                );
+            }
+        }
+    }
+    if let Some(url) = &config.listen.external_url {
+        if let Err(message) = absolute_base_url(&url.value) {
+            report(url.referenced, message);
+        }
+    }
+    for proxy in &config.listen.trusted_proxies {
+        let value = proxy.value.trim();
+        if value.parse::<ipnet::IpNet>().is_err() && value.parse::<std::net::IpAddr>().is_err() {
+            report(
+                proxy.referenced,
+                format!("`{value}` is not an IP address or CIDR block (e.g. `10.0.0.0/8`)"),
+            );
+        }
+    }
+    if !(1024..=1024 * 1024).contains(&config.listen.max_header_bytes) {
+        problems.push(loaded.diagnostic(
+            config.listen.address.referenced,
+            "`max_header_bytes` must be between 1024 and 1048576".to_owned(),
+        ));
+    }
+
+    let mut report =
+        |location, message: String| problems.push(loaded.diagnostic(location, message));
+    check_providers(loaded, &mut report);
+    check_upstreams(loaded, &mut report);
+    problems
+}
+
+fn socket_address(
+    address: &Spanned<String>,
+    report: &mut impl FnMut(serde_saphyr::Location, String),
+) -> Option<SocketAddr> {
+    match address.value.parse::<SocketAddr>() {
+        Ok(parsed) => Some(parsed),
+        Err(_) => {
+            report(
+                address.referenced,
+                format!(
+                    "`{}` is not an `ip:port` address (e.g. `0.0.0.0:8443` or `[::1]:8443`)",
+                    address.value
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// Checks an absolute `http(s)://authority[/path]` URL with no query or fragment.
+pub fn absolute_base_url(value: &str) -> Result<http::Uri, String> {
+    let uri: http::Uri = value
+        .parse()
+        .map_err(|_| format!("`{value}` is not a valid URL"))?;
+    let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
+    if !scheme_ok || uri.authority().is_none() {
+        return Err(format!(
+            "`{value}` must be an absolute http:// or https:// URL"
+        ));
+    }
+    if uri.query().is_some() || value.contains('#') {
+        return Err(format!("`{value}` must not have a query or fragment"));
+    }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(format!("`{value}` must not contain user information"));
+    }
+    Ok(uri)
+}
+
+fn check_providers(loaded: &LoadedConfig, report: &mut impl FnMut(serde_saphyr::Location, String)) {
+    let mut names = HashMap::new();
+    let mut issuers = HashMap::new();
+    for provider in &loaded.config.providers {
+        unique(&mut names, &provider.name, "provider", report);
+        unique(&mut issuers, &provider.issuer, "issuer", report);
+        if let Err(message) = absolute_base_url(&provider.issuer.value) {
+            report(provider.issuer.referenced, message);
+        }
+        if provider.audiences.value.is_empty()
+            || provider.audiences.value.iter().any(String::is_empty)
+        {
+            report(
+                provider.audiences.referenced,
+                "`audiences` needs at least one non-empty audience".into(),
+            );
+        }
+        if let Some(jwks_uri) = &provider.jwks_uri {
+            if let Err(message) = absolute_base_url(&jwks_uri.value) {
+                report(jwks_uri.referenced, message);
+            }
+        }
+        if let Some(algorithms) = &provider.algorithms {
+            if algorithms.value.is_empty() {
+                report(algorithms.referenced, "`algorithms` cannot be empty".into());
+            }
+            for algorithm in &algorithms.value {
+                if SUPPORTED_ALGORITHMS.contains(&algorithm.as_str()) {
+                    continue;
+                }
+                let why = if algorithm.eq_ignore_ascii_case("none") {
+                    "unsigned tokens are never accepted".to_owned()
+                } else if algorithm.to_ascii_uppercase().starts_with("HS") {
+                    "HMAC algorithms are refused: a public key must never serve as a shared secret"
+                        .to_owned()
+                } else {
+                    format!("supported: {}", SUPPORTED_ALGORITHMS.join(", "))
+                };
+                report(
+                    algorithms.referenced,
+                    format!("algorithm `{algorithm}` is not allowed: {why}"),
+                );
+            }
+        }
+    }
+}
+
+fn check_upstreams(loaded: &LoadedConfig, report: &mut impl FnMut(serde_saphyr::Location, String)) {
+    let upstreams = &loaded.config.upstreams;
+    if upstreams.is_empty() {
+        report(
+            loaded.config.listen.address.referenced,
+            "no `upstreams` are configured: the gate would have nowhere to send requests".into(),
+        );
+    }
+    let mut names = HashMap::new();
+    let mut routes: HashMap<(Option<String>, Option<String>), &Spanned<String>> = HashMap::new();
+    for upstream in upstreams {
+        unique(&mut names, &upstream.name, "upstream", report);
+        if let Err(message) = absolute_base_url(&upstream.url.value) {
+            report(upstream.url.referenced, message);
+        }
+        let host = check_host(upstream, report);
+        let prefix = check_path_prefix(upstream, report);
+        if let Some(first) = routes.insert((host, prefix), &upstream.name) {
+            report(
+                upstream.name.referenced,
+                format!(
+                    "upstream `{}` has the same `match` as upstream `{}`: one of them could never be reached",
+                    upstream.name.value, first.value
+                ),
+            );
+        }
+    }
+}
+
+fn check_host(
+    upstream: &UpstreamConfig,
+    report: &mut impl FnMut(serde_saphyr::Location, String),
+) -> Option<String> {
+    let host = upstream.matcher.host.as_ref()?;
+    if let Err(message) = parse_host_match(&host.value) {
+        report(host.referenced, message);
+    }
+    Some(host.value.to_ascii_lowercase())
+}
+
+fn check_path_prefix(
+    upstream: &UpstreamConfig,
+    report: &mut impl FnMut(serde_saphyr::Location, String),
+) -> Option<String> {
+    let prefix = upstream.matcher.path_prefix.as_ref()?;
+    let value = prefix.value.as_str();
+    let segments_ok = value
+        .split('/')
+        .skip(1)
+        .all(|s| !s.is_empty() && s != "." && s != "..");
+    let chars_ok = value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._~/!$&'()*+,;=:@".contains(&b));
+    if !value.starts_with('/') || value == "/" || !segments_ok || !chars_ok {
+        report(
+            prefix.referenced,
+            format!(
+                "`{value}` is not a path prefix: it must start with `/`, have no empty, `.` or `..` segments, no trailing `/`, and no `%`, `?` or `#`"
+            ),
+        );
+    }
+    Some(value.to_owned())
+}
+
+fn unique<'a>(
+    seen: &mut HashMap<&'a str, ()>,
+    name: &'a Spanned<String>,
+    what: &str,
+    report: &mut impl FnMut(serde_saphyr::Location, String),
+) {
+    if name.value.is_empty() {
+        report(name.referenced, format!("the {what} name cannot be empty"));
+    } else if seen.insert(name.value.as_str(), ()).is_some() {
+        report(
+            name.referenced,
+            format!("{what} `{}` is defined more than once", name.value),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_matching() {
+        let exact = parse_host_match("Contoso.Gate.Example.com").unwrap();
+        assert!(exact.matches("contoso.gate.example.com"));
+        assert!(exact.matches("CONTOSO.gate.example.com"));
+        assert!(!exact.matches("x.contoso.gate.example.com"));
+        let wild = parse_host_match("*.gate.example.com").unwrap();
+        assert!(wild.matches("contoso.gate.example.com"));
+        assert!(wild.matches("contoso.GATE.example.com"));
+        assert!(!wild.matches("ééé"));
+        assert!(!wild.matches("gate.example.com"));
+        assert!(!wild.matches("a.b.gate.example.com"));
+        assert!(!wild.matches("evilgate.example.com"));
+        assert!(parse_host_match("host:443").is_err());
+        assert!(parse_host_match("-bad.example").is_err());
+        assert!(parse_host_match("").is_err());
+    }
+
+    #[test]
+    fn base_urls() {
+        assert!(absolute_base_url("https://contoso.dev.azuresynapse.net").is_ok());
+        assert!(absolute_base_url("http://127.0.0.1:8080/api").is_ok());
+        assert!(absolute_base_url("ftp://x").is_err());
+        assert!(absolute_base_url("/relative").is_err());
+        assert!(absolute_base_url("https://x/?q=1").is_err());
+        assert!(absolute_base_url("https://user@x/").is_err());
+    }
+}

@@ -1,0 +1,631 @@
+//! Request and response header rules applied when the gate forwards traffic.
+//!
+//! Everything here is a pure function over an [`http::HeaderMap`]; the caller decides which rules
+//! apply to which direction. The functions avoid allocating when there is nothing to change,
+//! because they run on every request and response.
+
+use std::net::IpAddr;
+
+use http::header::{
+    CONNECTION, FORWARDED, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING,
+    UPGRADE,
+};
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+/// `X-Forwarded-For`: the chain of client addresses (no constant in `http::header`).
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`: the scheme the client used to reach the first proxy.
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `X-Forwarded-Host`: the host the client asked the first proxy for.
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// `X-Real-IP`: a single-address alternative to `X-Forwarded-For` some upstreams trust.
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+/// `Keep-Alive`: HTTP/1.1 connection parameters (no constant in `http::header`).
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+/// `Proxy-Connection`: the non-standard predecessor of `Connection` some clients still send.
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Headers that only describe one hop, so a proxy must never pass them on (RFC 9110 §7.6.1).
+const HOP_BY_HOP_HEADERS: [HeaderName; 9] = [
+    CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION,
+    TE,
+    TRAILER,
+    TRANSFER_ENCODING,
+    UPGRADE,
+];
+
+/// Identity headers the gate (or an upstream) may trust, compared after mapping '_' to '-'.
+const IDENTITY_HEADER_NAMES: [&str; 21] = [
+    "x-ms-client-principal",
+    "x-ms-client-principal-id",
+    "x-ms-client-principal-name",
+    "x-ms-client-principal-idp",
+    "x-ms-token-aad-access-token",
+    "x-ms-token-aad-id-token",
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-groups",
+    "x-forwarded-preferred-username",
+    "x-forwarded-access-token",
+    "x-auth-request-user",
+    "x-auth-request-email",
+    "x-auth-request-groups",
+    "x-auth-request-access-token",
+    "x-remote-user",
+    "x-remote-group",
+    "remote-user",
+    "x-user",
+    "x-email",
+    "x-gate-principal",
+];
+
+/// Every header name starting with this (after mapping '_' to '-') belongs to the gate itself.
+const GATE_HEADER_PREFIX: &str = "x-synapse-gate-";
+
+/// Longest client-supplied request id the gate passes on.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// What the gate knows about how a request reached it, used to set the `X-Forwarded-*` headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardedFacts<'a> {
+    /// TCP peer of the gate.
+    pub peer_ip: IpAddr,
+    /// The peer is in the configured trusted-proxy list.
+    pub peer_is_trusted: bool,
+    /// How the client reached the gate: "https" or "http".
+    pub scheme: &'a str,
+    /// The Host (or :authority) the client used, if any.
+    pub host: Option<&'a str>,
+}
+
+/// Removes hop-by-hop headers from a request or response.
+///
+/// Those are `Connection`, every header named in any `Connection` value, `Keep-Alive`,
+/// `Proxy-Connection`, `Proxy-Authenticate`, `Proxy-Authorization`, `TE`, `Trailer`,
+/// `Transfer-Encoding` and `Upgrade`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Collect the names first: the Connection values borrow the map we are about to modify.
+    let named_by_connection: Vec<HeaderName> = if headers.contains_key(CONNECTION) {
+        headers
+            .get_all(CONNECTION)
+            .iter()
+            .flat_map(|value| value.as_bytes().split(|&byte| byte == b','))
+            .filter_map(|token| HeaderName::from_bytes(token.trim_ascii()).ok())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    for name in named_by_connection.iter().chain(HOP_BY_HOP_HEADERS.iter()) {
+        // `remove` on a missing key neither allocates nor changes anything.
+        headers.remove(name);
+    }
+}
+
+/// Sets `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Forwarded-Host`.
+///
+/// From an untrusted peer every client-supplied value is replaced (and `Forwarded` and
+/// `X-Real-IP` are removed); from a trusted proxy the peer is appended to the existing
+/// `X-Forwarded-For` chain and existing `-Proto` / `-Host` values are kept.
+pub fn set_forwarded(headers: &mut HeaderMap, facts: &ForwardedFacts<'_>) {
+    // A dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d; upstreams expect a.b.c.d.
+    let peer = facts.peer_ip.to_canonical().to_string();
+    if facts.peer_is_trusted {
+        append_forwarded_for(headers, &peer);
+        if !headers.contains_key(X_FORWARDED_PROTO) {
+            set_or_remove(headers, X_FORWARDED_PROTO, Some(facts.scheme));
+        }
+        if !headers.contains_key(X_FORWARDED_HOST) {
+            set_or_remove(headers, X_FORWARDED_HOST, facts.host);
+        }
+    } else {
+        set_or_remove(headers, X_FORWARDED_FOR, Some(&peer));
+        set_or_remove(headers, X_FORWARDED_PROTO, Some(facts.scheme));
+        set_or_remove(headers, X_FORWARDED_HOST, facts.host);
+        // Both carry client addresses an untrusted client could forge.
+        headers.remove(FORWARDED);
+        headers.remove(X_REAL_IP);
+    }
+}
+
+/// Appends `peer` to the `X-Forwarded-For` chain, folding all existing instances into one value.
+fn append_forwarded_for(headers: &mut HeaderMap, peer: &str) {
+    let mut chain: Vec<u8> = Vec::new();
+    for value in headers.get_all(X_FORWARDED_FOR) {
+        let hops = value.as_bytes().trim_ascii();
+        // An empty instance would otherwise produce an empty hop (", , ") in the chain.
+        if hops.is_empty() {
+            continue;
+        }
+        chain.extend_from_slice(hops);
+        chain.extend_from_slice(b", ");
+    }
+    chain.extend_from_slice(peer.as_bytes());
+    match HeaderValue::from_bytes(&chain) {
+        Ok(value) => {
+            headers.insert(X_FORWARDED_FOR, value);
+        }
+        // Existing values were valid header values, so this cannot happen; if it ever did,
+        // the peer address alone is the only value the gate can vouch for.
+        Err(_) => set_or_remove(headers, X_FORWARDED_FOR, Some(peer)),
+    }
+}
+
+/// Replaces all instances of `name` with `value`, or removes them when `value` is absent or
+/// cannot be a header value (a header must never carry something the gate did not vouch for).
+fn set_or_remove(headers: &mut HeaderMap, name: HeaderName, value: Option<&str>) {
+    match value.and_then(|text| HeaderValue::from_str(text).ok()) {
+        Some(value) => {
+            headers.insert(name, value);
+        }
+        None => {
+            headers.remove(name);
+        }
+    }
+}
+
+/// Removes identity headers a client must never be able to inject, in every case and
+/// underscore/hyphen variant, plus every `x-synapse-gate-*` header.
+pub fn strip_identity_headers(headers: &mut HeaderMap) {
+    // Scan first so the common case (no such header) allocates nothing.
+    if !headers.keys().any(is_identity_header) {
+        return;
+    }
+    let forbidden: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_identity_header(name))
+        .cloned()
+        .collect();
+    for name in &forbidden {
+        headers.remove(name);
+    }
+}
+
+/// True when `name`, with '_' read as '-', is an identity header or a gate-internal header.
+fn is_identity_header(name: &HeaderName) -> bool {
+    let name = name.as_str().as_bytes();
+    let gate_prefix = GATE_HEADER_PREFIX.as_bytes();
+    IDENTITY_HEADER_NAMES
+        .iter()
+        .any(|identity| same_header_name(name, identity.as_bytes()))
+        || name
+            .get(..gate_prefix.len())
+            .is_some_and(|prefix| same_header_name(prefix, gate_prefix))
+}
+
+/// Compares a received name with a canonical (lowercase, hyphenated) one, ignoring ASCII case
+/// and treating '_' as '-', because some servers (CGI, WSGI) fold the two together.
+fn same_header_name(received: &[u8], canonical: &[u8]) -> bool {
+    received.len() == canonical.len()
+        && received.iter().zip(canonical).all(|(&got, &want)| {
+            let got = if got == b'_' {
+                b'-'
+            } else {
+                got.to_ascii_lowercase()
+            };
+            got == want
+        })
+}
+
+/// Returns the client-supplied request id (`x-ms-client-request-id`) when it is 1 to 128
+/// characters of `[A-Za-z0-9-_.:]`; otherwise `None`, and the caller generates one.
+pub fn acceptable_request_id(value: &HeaderValue) -> Option<&str> {
+    let id = value.to_str().ok()?;
+    let acceptable = (1..=MAX_REQUEST_ID_LEN).contains(&id.len())
+        && id
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b':'));
+    acceptable.then_some(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn map(pairs: &[(&str, &str)]) -> Result<HeaderMap, Box<dyn std::error::Error>> {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes())?,
+                HeaderValue::from_str(value)?,
+            );
+        }
+        Ok(headers)
+    }
+
+    fn values(headers: &HeaderMap, name: &str) -> Vec<String> {
+        headers
+            .get_all(name)
+            .iter()
+            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+            .collect()
+    }
+
+    fn names(headers: &HeaderMap) -> Vec<String> {
+        let mut names: Vec<String> = headers.keys().map(|name| name.to_string()).collect();
+        names.sort();
+        names
+    }
+
+    fn facts(peer_ip: IpAddr, peer_is_trusted: bool) -> ForwardedFacts<'static> {
+        ForwardedFacts {
+            peer_ip,
+            peer_is_trusted,
+            scheme: "https",
+            host: Some("gate.example.com"),
+        }
+    }
+
+    const PEER: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7));
+
+    // ---- strip_hop_by_hop ----
+
+    #[test]
+    fn hop_by_hop_removes_every_fixed_header() -> TestResult {
+        let mut headers = map(&[
+            ("connection", "close"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authenticate", "Basic"),
+            ("proxy-authorization", "Basic abc"),
+            ("te", "trailers"),
+            ("trailer", "x-checksum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("content-type", "application/json"),
+            ("authorization", "Bearer t"),
+        ])?;
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(names(&headers), ["authorization", "content-type"]);
+        Ok(())
+    }
+
+    #[test]
+    fn hop_by_hop_removes_headers_named_by_connection() -> TestResult {
+        let mut headers = map(&[
+            (
+                "connection",
+                "X-Custom-One ,x-custom-two,\tX-Custom-Three\t",
+            ),
+            ("connection", "x-custom-four"),
+            ("x-custom-one", "1"),
+            ("x-custom-two", "2"),
+            ("x-custom-three", "3"),
+            ("x-custom-four", "4"),
+            ("x-custom-four", "4b"),
+            ("x-kept", "k"),
+        ])?;
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(names(&headers), ["x-kept"]);
+        Ok(())
+    }
+
+    #[test]
+    fn hop_by_hop_ignores_empty_and_invalid_connection_tokens() -> TestResult {
+        let mut headers = map(&[
+            ("connection", ", ,bad name,,x-gone, "),
+            ("x-gone", "1"),
+            ("x-kept", "k"),
+        ])?;
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(names(&headers), ["x-kept"]);
+        Ok(())
+    }
+
+    #[test]
+    fn hop_by_hop_leaves_end_to_end_headers_untouched() -> TestResult {
+        let mut headers = map(&[
+            ("content-length", "3"),
+            ("x-custom", "a"),
+            ("x-custom", "b"),
+        ])?;
+        let before = headers.clone();
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers, before);
+        Ok(())
+    }
+
+    #[test]
+    fn hop_by_hop_on_empty_map_stays_empty() -> TestResult {
+        let mut headers = HeaderMap::new();
+        strip_hop_by_hop(&mut headers);
+        assert!(headers.is_empty());
+        Ok(())
+    }
+
+    // ---- set_forwarded ----
+
+    #[test]
+    fn untrusted_peer_replaces_every_client_value() -> TestResult {
+        let mut headers = map(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+            ("x-forwarded-proto", "http"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-forwarded-host", "evil2.example"),
+            ("forwarded", "for=1.1.1.1"),
+            ("x-real-ip", "1.1.1.1"),
+            ("accept", "*/*"),
+        ])?;
+        set_forwarded(&mut headers, &facts(PEER, false));
+        assert_eq!(values(&headers, "x-forwarded-for"), ["203.0.113.7"]);
+        assert_eq!(values(&headers, "x-forwarded-proto"), ["https"]);
+        assert_eq!(values(&headers, "x-forwarded-host"), ["gate.example.com"]);
+        assert!(!headers.contains_key("forwarded"));
+        assert!(!headers.contains_key("x-real-ip"));
+        assert_eq!(values(&headers, "accept"), ["*/*"]);
+        Ok(())
+    }
+
+    #[test]
+    fn untrusted_peer_without_host_removes_forwarded_host() -> TestResult {
+        let mut headers = map(&[("x-forwarded-host", "evil.example")])?;
+        let facts = ForwardedFacts {
+            host: None,
+            scheme: "http",
+            ..facts(PEER, false)
+        };
+        set_forwarded(&mut headers, &facts);
+        assert!(!headers.contains_key("x-forwarded-host"));
+        assert_eq!(values(&headers, "x-forwarded-proto"), ["http"]);
+        assert_eq!(values(&headers, "x-forwarded-for"), ["203.0.113.7"]);
+        Ok(())
+    }
+
+    #[test]
+    fn untrusted_peer_with_unrepresentable_host_removes_forwarded_host() -> TestResult {
+        let mut headers = map(&[("x-forwarded-host", "evil.example")])?;
+        let facts = ForwardedFacts {
+            host: Some("bad\nhost"),
+            ..facts(PEER, false)
+        };
+        set_forwarded(&mut headers, &facts);
+        assert!(!headers.contains_key("x-forwarded-host"));
+        Ok(())
+    }
+
+    #[test]
+    fn untrusted_peer_on_empty_map_sets_all_three() -> TestResult {
+        let mut headers = HeaderMap::new();
+        set_forwarded(&mut headers, &facts(PEER, false));
+        assert_eq!(
+            names(&headers),
+            ["x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn trusted_peer_appends_to_combined_chain() -> TestResult {
+        let mut headers = map(&[
+            ("x-forwarded-for", "198.51.100.1, 198.51.100.2"),
+            ("x-forwarded-for", " 198.51.100.3 "),
+        ])?;
+        set_forwarded(&mut headers, &facts(PEER, true));
+        assert_eq!(
+            values(&headers, "x-forwarded-for"),
+            ["198.51.100.1, 198.51.100.2, 198.51.100.3, 203.0.113.7"]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn trusted_peer_skips_empty_chain_instances() -> TestResult {
+        let mut headers = map(&[
+            ("x-forwarded-for", ""),
+            ("x-forwarded-for", "198.51.100.1"),
+            ("x-forwarded-for", "  "),
+        ])?;
+        set_forwarded(&mut headers, &facts(PEER, true));
+        assert_eq!(
+            values(&headers, "x-forwarded-for"),
+            ["198.51.100.1, 203.0.113.7"]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn trusted_peer_without_chain_starts_one() -> TestResult {
+        let mut headers = HeaderMap::new();
+        set_forwarded(&mut headers, &facts(PEER, true));
+        assert_eq!(values(&headers, "x-forwarded-for"), ["203.0.113.7"]);
+        assert_eq!(values(&headers, "x-forwarded-proto"), ["https"]);
+        assert_eq!(values(&headers, "x-forwarded-host"), ["gate.example.com"]);
+        Ok(())
+    }
+
+    #[test]
+    fn trusted_peer_keeps_existing_proto_host_forwarded_and_real_ip() -> TestResult {
+        let mut headers = map(&[
+            ("x-forwarded-proto", "http"),
+            ("x-forwarded-host", "public.example.com"),
+            ("forwarded", "for=198.51.100.1;proto=http"),
+            ("x-real-ip", "198.51.100.1"),
+        ])?;
+        set_forwarded(&mut headers, &facts(PEER, true));
+        assert_eq!(values(&headers, "x-forwarded-proto"), ["http"]);
+        assert_eq!(values(&headers, "x-forwarded-host"), ["public.example.com"]);
+        assert_eq!(
+            values(&headers, "forwarded"),
+            ["for=198.51.100.1;proto=http"]
+        );
+        assert_eq!(values(&headers, "x-real-ip"), ["198.51.100.1"]);
+        Ok(())
+    }
+
+    #[test]
+    fn trusted_peer_without_host_fact_leaves_host_absent() -> TestResult {
+        let mut headers = HeaderMap::new();
+        let facts = ForwardedFacts {
+            host: None,
+            ..facts(PEER, true)
+        };
+        set_forwarded(&mut headers, &facts);
+        assert!(!headers.contains_key("x-forwarded-host"));
+        Ok(())
+    }
+
+    #[test]
+    fn ipv6_peer_is_written_without_brackets() -> TestResult {
+        let peer = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1));
+        let mut headers = map(&[("x-forwarded-for", "198.51.100.1")])?;
+        set_forwarded(&mut headers, &facts(peer, true));
+        assert_eq!(
+            values(&headers, "x-forwarded-for"),
+            ["198.51.100.1, 2001:db8::1"]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn ipv4_mapped_peer_is_written_as_ipv4() -> TestResult {
+        let peer = IpAddr::V6(Ipv4Addr::new(203, 0, 113, 7).to_ipv6_mapped());
+        let mut headers = HeaderMap::new();
+        set_forwarded(&mut headers, &facts(peer, false));
+        assert_eq!(values(&headers, "x-forwarded-for"), ["203.0.113.7"]);
+        Ok(())
+    }
+
+    // ---- strip_identity_headers ----
+
+    #[test]
+    fn every_identity_header_is_removed_in_hyphen_and_underscore_form() -> TestResult {
+        for identity in IDENTITY_HEADER_NAMES {
+            let underscored = identity.replace('-', "_");
+            let mixed = identity.replacen('-', "_", 1);
+            let mut headers = map(&[
+                (identity, "alice"),
+                (&underscored, "alice"),
+                (&mixed, "alice"),
+                ("x-kept", "k"),
+            ])?;
+            strip_identity_headers(&mut headers);
+            assert_eq!(names(&headers), ["x-kept"], "{identity}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn identity_headers_are_removed_whatever_case_the_client_sent() -> TestResult {
+        // HeaderName lowercases on parse, so mixed-case input must still be caught.
+        let mut headers = map(&[
+            ("X-MS-CLIENT-PRINCIPAL-NAME", "alice"),
+            ("X_Forwarded_User", "alice"),
+            ("Remote-User", "alice"),
+        ])?;
+        strip_identity_headers(&mut headers);
+        assert!(headers.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn every_instance_of_an_identity_header_is_removed() -> TestResult {
+        let mut headers = map(&[("x-remote-user", "alice"), ("x-remote-user", "bob")])?;
+        strip_identity_headers(&mut headers);
+        assert!(headers.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn gate_prefix_headers_are_removed() -> TestResult {
+        let mut headers = map(&[
+            ("x-synapse-gate-principal", "alice"),
+            ("x_synapse_gate_roles", "admin"),
+            ("x-synapse_gate-anything-at-all", "1"),
+            ("x-synapse-gate-", "empty suffix"),
+            ("x-kept", "k"),
+        ])?;
+        strip_identity_headers(&mut headers);
+        assert_eq!(names(&headers), ["x-kept"]);
+        Ok(())
+    }
+
+    #[test]
+    fn near_miss_names_are_kept() -> TestResult {
+        let kept = [
+            "x-ms-client-principal-idx",
+            "x-ms-client-principa",
+            "x-forwarded-for",
+            "x-forwarded-host",
+            "x-user-agent",
+            "user",
+            "remote-users",
+            "x-synapse-gate",
+            "x-synapse-gatex-foo",
+            "authorization",
+            "x-ms-client-request-id",
+        ];
+        let pairs: Vec<(&str, &str)> = kept.iter().map(|name| (*name, "v")).collect();
+        let mut headers = map(&pairs)?;
+        let before = headers.clone();
+        strip_identity_headers(&mut headers);
+        assert_eq!(headers, before);
+        Ok(())
+    }
+
+    #[test]
+    fn same_header_name_maps_underscore_only_on_the_received_side() -> TestResult {
+        assert!(same_header_name(b"x_user", b"x-user"));
+        assert!(same_header_name(b"X-USER", b"x-user"));
+        assert!(!same_header_name(b"x-user", b"x_user"));
+        assert!(!same_header_name(b"x-use", b"x-user"));
+        assert!(!same_header_name(b"x.user", b"x-user"));
+        Ok(())
+    }
+
+    // ---- acceptable_request_id ----
+
+    #[test]
+    fn request_id_accepts_every_allowed_character() -> TestResult {
+        let id = "AZaz09-_.:";
+        assert_eq!(
+            acceptable_request_id(&HeaderValue::from_static(id)),
+            Some(id)
+        );
+        let guid = "3f2504e0-4f89-11d3-9a0c-0305e82c3301";
+        assert_eq!(
+            acceptable_request_id(&HeaderValue::from_static(guid)),
+            Some(guid)
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn request_id_length_bounds() -> TestResult {
+        let one = HeaderValue::from_static("a");
+        assert_eq!(acceptable_request_id(&one), Some("a"));
+        let longest = "a".repeat(128);
+        let value = HeaderValue::from_str(&longest)?;
+        assert_eq!(acceptable_request_id(&value), Some(longest.as_str()));
+        let too_long = HeaderValue::from_str(&"a".repeat(129))?;
+        assert_eq!(acceptable_request_id(&too_long), None);
+        assert_eq!(acceptable_request_id(&HeaderValue::from_static("")), None);
+        Ok(())
+    }
+
+    #[test]
+    fn request_id_rejects_other_characters() -> TestResult {
+        for bad in [
+            "a b", "a/b", "a\tb", "a;b", "a,b", "a=b", "a+b", "a%20", "<script>", "a\"b", "a'b",
+        ] {
+            let value = HeaderValue::from_str(bad)?;
+            assert_eq!(acceptable_request_id(&value), None, "{bad:?}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn request_id_rejects_non_ascii_bytes() -> TestResult {
+        let value = HeaderValue::from_bytes("é".as_bytes())?;
+        assert_eq!(acceptable_request_id(&value), None);
+        let value = HeaderValue::from_bytes(b"abc\xff")?;
+        assert_eq!(acceptable_request_id(&value), None);
+        Ok(())
+    }
+}

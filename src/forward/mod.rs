@@ -1,0 +1,328 @@
+//! Forward: one pooled client per upstream; requests and responses stream through untouched except
+//! for the header rules and, for Synapse, the URLs that must lead back to the gate.
+
+pub mod headers;
+pub mod rewrite;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderValue};
+use http::{Request, Response, Uri};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::body::{Prefixed, RequestBody, ResponseBody};
+use crate::config::{UpstreamConfig, UpstreamKind};
+use crate::tls::{self, TlsError};
+
+pub use headers::ForwardedFacts;
+use rewrite::UrlRewriter;
+
+/// Why a request could not be completed upstream. Messages name the upstream, never a URL's query.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("upstream `{upstream}` is unreachable")]
+    Unreachable { upstream: String },
+    #[error("upstream `{upstream}` did not answer within {seconds:.1} s ({phase})")]
+    TimedOut {
+        upstream: String,
+        phase: &'static str,
+        seconds: f64,
+    },
+    #[error("upstream `{upstream}` failed while handling the request")]
+    Failed { upstream: String },
+    #[error("the request body is larger than the {limit}-byte limit")]
+    BodyTooLarge { limit: u64 },
+}
+
+/// Per-request facts the forwarder needs from earlier stages.
+pub struct Outbound<'a> {
+    /// Path (prefix already removed) and query, byte for byte as received.
+    pub path_and_query: &'a str,
+    pub request_id: &'a str,
+    pub forwarded: ForwardedFacts<'a>,
+    /// The gate's base URL as this client sees it, including the route's path prefix.
+    pub external_base: &'a str,
+    /// The request body limit, to tell a body-too-large abort from an upstream failure.
+    pub max_body_bytes: u64,
+}
+
+/// What came back, and how long the upstream took to answer.
+pub struct Forwarded {
+    pub response: Response<ResponseBody>,
+    pub upstream_duration: Duration,
+}
+
+type HttpClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
+
+/// Sends requests to one upstream over a connection pool.
+pub struct Forwarder {
+    name: String,
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    base_path: String,
+    base_url: String,
+    rewrite_urls: bool,
+    rewrite_body_limit: usize,
+    response_header_timeout: Duration,
+    connect_timeout: Duration,
+    client: HttpClient,
+}
+
+static X_MS_CLIENT_REQUEST_ID: header::HeaderName =
+    header::HeaderName::from_static("x-ms-client-request-id");
+
+impl Forwarder {
+    /// A forwarder for `upstream`; `ca_file` is already resolved relative to the config file.
+    pub fn new(upstream: &UpstreamConfig, ca_file: Option<&Path>) -> Result<Self, TlsError> {
+        let uri: Uri = upstream.url.value.parse().map_err(|_| TlsError::Read {
+            path: upstream.url.value.clone(),
+            reason: "not a URL".into(),
+        })?;
+        let scheme = uri.scheme().cloned().unwrap_or(http::uri::Scheme::HTTPS);
+        let authority = uri.authority().cloned().ok_or_else(|| TlsError::Read {
+            path: upstream.url.value.clone(),
+            reason: "no host".into(),
+        })?;
+        let base_path = uri.path().trim_end_matches('/').to_owned();
+
+        let timeouts = &upstream.timeouts;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(timeouts.connect.0));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls::client_config(ca_file)?)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(timeouts.idle.0)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(https);
+
+        Ok(Self {
+            name: upstream.name.value.clone(),
+            base_url: format!("{scheme}://{authority}{base_path}"),
+            scheme,
+            authority,
+            base_path,
+            rewrite_urls: upstream.kind == UpstreamKind::SynapseDev,
+            rewrite_body_limit: upstream.rewrite_body_limit,
+            response_header_timeout: timeouts.response_header.0,
+            connect_timeout: timeouts.connect.0,
+            client,
+        })
+    }
+
+    /// The upstream's name from the configuration.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Sends `request` upstream and returns the response with the response rules applied.
+    pub async fn forward(
+        &self,
+        request: Request<RequestBody>,
+        outbound: Outbound<'_>,
+    ) -> Result<Forwarded, ForwardError> {
+        let (mut parts, body) = request.into_parts();
+        parts.uri = self.upstream_uri(outbound.path_and_query)?;
+        parts.version = http::Version::HTTP_11;
+        prepare_request_headers(&mut parts.headers, &outbound);
+
+        let started = Instant::now();
+        let sent = tokio::time::timeout(
+            self.response_header_timeout,
+            self.client.request(Request::from_parts(parts, body)),
+        )
+        .await;
+        let upstream_duration = started.elapsed();
+        let response = match sent {
+            Err(_elapsed) => {
+                return Err(ForwardError::TimedOut {
+                    upstream: self.name.clone(),
+                    phase: "response headers",
+                    seconds: self.response_header_timeout.as_secs_f64(),
+                })
+            }
+            Ok(Err(error)) => return Err(self.classify_error(&error, outbound.max_body_bytes)),
+            Ok(Ok(response)) => response,
+        };
+
+        let response = self
+            .prepare_response(response, outbound.external_base)
+            .await;
+        Ok(Forwarded {
+            response,
+            upstream_duration,
+        })
+    }
+
+    fn upstream_uri(&self, path_and_query: &str) -> Result<Uri, ForwardError> {
+        let joined = format!("{}{}", self.base_path, path_and_query);
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(joined)
+            .build()
+            .map_err(|_| ForwardError::Failed {
+                upstream: self.name.clone(),
+            })
+    }
+
+    fn classify_error(
+        &self,
+        error: &hyper_util::client::legacy::Error,
+        max_body_bytes: u64,
+    ) -> ForwardError {
+        let chain = std::iter::successors(Some(error as &(dyn std::error::Error + 'static)), |e| {
+            e.source()
+        });
+        let mut timed_out = false;
+        for cause in chain {
+            if cause.is::<http_body_util::LengthLimitError>() {
+                return ForwardError::BodyTooLarge {
+                    limit: max_body_bytes,
+                };
+            }
+            if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+                timed_out |= io.kind() == std::io::ErrorKind::TimedOut;
+            }
+        }
+        tracing::warn!(upstream = %self.name, error = %error_chain(error), "upstream request failed");
+        if error.is_connect() && timed_out {
+            ForwardError::TimedOut {
+                upstream: self.name.clone(),
+                phase: "connect",
+                seconds: self.connect_timeout.as_secs_f64(),
+            }
+        } else if error.is_connect() {
+            ForwardError::Unreachable {
+                upstream: self.name.clone(),
+            }
+        } else {
+            ForwardError::Failed {
+                upstream: self.name.clone(),
+            }
+        }
+    }
+
+    async fn prepare_response(
+        &self,
+        response: Response<Incoming>,
+        external_base: &str,
+    ) -> Response<ResponseBody> {
+        let (mut parts, body) = response.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        let rewriter = self
+            .rewrite_urls
+            .then(|| UrlRewriter::new(&self.base_url, external_base))
+            .flatten();
+        let Some(rewriter) = rewriter else {
+            return Response::from_parts(parts, body.map_err(Into::into).boxed_unsync());
+        };
+        rewriter.rewrite_headers(&mut parts.headers);
+
+        let inspect = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(rewrite::is_json_content_type)
+            && content_length(&parts.headers)
+                .is_none_or(|length| length <= self.rewrite_body_limit as u64);
+        if !inspect {
+            return Response::from_parts(parts, body.map_err(Into::into).boxed_unsync());
+        }
+        let body = match read_up_to(body, self.rewrite_body_limit).await {
+            ReadAhead::Complete(bytes) => {
+                let bytes = match rewriter.rewrite_next_link(&bytes) {
+                    Some(rewritten) => {
+                        parts
+                            .headers
+                            .insert(header::CONTENT_LENGTH, HeaderValue::from(rewritten.len()));
+                        rewritten
+                    }
+                    None => bytes,
+                };
+                crate::body::full(bytes)
+            }
+            ReadAhead::TooLarge(prefix, rest) => Prefixed::new(prefix, rest)
+                .map_err(Into::into)
+                .boxed_unsync(),
+            ReadAhead::Failed(error) => {
+                tracing::warn!(upstream = %self.name, error = %error, "upstream response body failed");
+                crate::body::failed(error.into())
+            }
+        };
+        Response::from_parts(parts, body)
+    }
+}
+
+/// The request header rules: hop-by-hop and identity headers out, the caller's credentials out,
+/// forwarding facts and the request id in.
+fn prepare_request_headers(headers: &mut http::HeaderMap, outbound: &Outbound<'_>) {
+    headers::strip_hop_by_hop(headers);
+    headers::strip_identity_headers(headers);
+    headers.remove(header::HOST);
+    headers.remove(header::AUTHORIZATION);
+    headers.remove(header::COOKIE);
+    headers::set_forwarded(headers, &outbound.forwarded);
+    if let Ok(value) = HeaderValue::from_str(outbound.request_id) {
+        headers.insert(X_MS_CLIENT_REQUEST_ID.clone(), value);
+    }
+}
+
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+enum ReadAhead {
+    Complete(Bytes),
+    TooLarge(Bytes, Incoming),
+    Failed(hyper::Error),
+}
+
+/// Reads the whole body if it fits in `limit` bytes; otherwise hands back what was read and the rest.
+/// Trailers are not kept: JSON list responses never carry them.
+async fn read_up_to(mut body: Incoming, limit: usize) -> ReadAhead {
+    let mut buffer = BytesMut::new();
+    loop {
+        match body.frame().await {
+            None => return ReadAhead::Complete(buffer.freeze()),
+            Some(Err(error)) => return ReadAhead::Failed(error),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    buffer.extend_from_slice(&data);
+                    if buffer.len() > limit {
+                        return ReadAhead::TooLarge(buffer.freeze(), body);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// An error and its causes on one line, for logs.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

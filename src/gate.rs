@@ -1,0 +1,74 @@
+//! The state every connection shares: the current snapshot (swapped whole on reload), metrics,
+//! and whether the gate is draining.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::config::Diagnostics;
+use crate::metrics::Metrics;
+use crate::snapshot::Snapshot;
+
+/// Shared by every connection and the admin endpoints.
+pub struct Gate {
+    config_path: PathBuf,
+    snapshot: ArcSwap<Snapshot>,
+    pub metrics: Metrics,
+    draining: AtomicBool,
+}
+
+impl Gate {
+    /// A gate serving `snapshot`, loaded from `config_path`.
+    pub fn new(config_path: &Path, snapshot: Snapshot, metrics: Metrics) -> Arc<Self> {
+        metrics.record_reload(true);
+        Arc::new(Self {
+            config_path: config_path.to_owned(),
+            snapshot: ArcSwap::from_pointee(snapshot),
+            metrics,
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    /// The configuration version in force; one load per request.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Re-reads the configuration. A broken one is reported and the current one keeps serving.
+    pub fn reload(&self) -> Result<(), Diagnostics> {
+        match Snapshot::load(&self.config_path) {
+            Ok(next) => {
+                let current = self.snapshot.load();
+                if next.listen.address != current.listen.address
+                    || next.admin_address != current.admin_address
+                {
+                    tracing::warn!("listen or admin address changed: the new address takes effect after a restart");
+                }
+                self.snapshot.store(Arc::new(next));
+                self.metrics.record_reload(true);
+                tracing::info!(config = %self.config_path.display(), "configuration reloaded");
+                Ok(())
+            }
+            Err(problems) => {
+                self.metrics.record_reload(false);
+                tracing::error!(
+                    config = %self.config_path.display(),
+                    "configuration reload failed; the previous configuration keeps serving:\n{problems}"
+                );
+                Err(problems)
+            }
+        }
+    }
+
+    /// Marks the gate as draining: readiness turns false so load balancers stop sending traffic.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether SIGTERM (or a test's shutdown) has been received.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,239 @@
+//! The life of a request, top to bottom: limits → route → (authenticate → classify → authorize →
+//! swap token) → forward, then metrics. Each stage is one call; every failure is a [`GateError`]
+//! that becomes a response in exactly one place.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Request, Response};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+
+use crate::body::ResponseBody;
+use crate::error::GateError;
+use crate::forward::{ForwardedFacts, Outbound};
+use crate::gate::Gate;
+use crate::metrics::Metrics;
+use crate::snapshot::{ListenSettings, Snapshot};
+
+/// Facts about the connection a request arrived on.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_MS_CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("x-ms-client-request-id");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// What the metrics need to know about a finished request.
+struct Record {
+    upstream: String,
+    action: String,
+    decision: &'static str,
+    upstream_seconds: Option<f64>,
+}
+
+/// Handles one request; never fails: errors become responses here.
+pub async fn handle(
+    gate: Arc<Gate>,
+    connection: Arc<Connection>,
+    request: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let started = Instant::now();
+    let _inflight = Inflight::enter(&gate.metrics);
+    let snapshot = gate.snapshot();
+    let request_id = request_id(&request);
+    let mut record = Record {
+        upstream: "none".into(),
+        action: "unclassified".into(),
+        decision: "none",
+        upstream_seconds: None,
+    };
+
+    let mut response = match process(&snapshot, &connection, &request_id, request, &mut record)
+        .await
+    {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::info!(request_id, status = error.status().as_u16(), reason = %error, "request refused");
+            error.into_response(&request_id)
+        }
+    };
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(X_REQUEST_ID.clone(), value);
+    }
+    observe(&gate.metrics, &record, response.status(), started);
+    response
+}
+
+async fn process(
+    snapshot: &Snapshot,
+    connection: &Connection,
+    request_id: &str,
+    request: Request<Incoming>,
+    record: &mut Record,
+) -> Result<Response<ResponseBody>, GateError> {
+    let listen = &snapshot.listen;
+    check_limits(&request, listen)?;
+
+    let host = request_host(&request).map(str::to_owned);
+    let routed = snapshot
+        .router
+        .route(host.as_deref(), request.uri().path())?;
+    let upstream = routed.target.clone();
+    record.upstream.clone_from(&upstream.name);
+    if upstream.kind == crate::config::UpstreamKind::Http {
+        record.action = format!("http.{}", request.method().as_str().to_ascii_lowercase());
+    }
+    let path_and_query = match request.uri().query() {
+        Some(query) => format!("{}?{query}", routed.path),
+        None => routed.path.to_owned(),
+    };
+    let external_base = external_base(listen, connection, &request, host.as_deref(), routed.prefix);
+
+    let peer_is_trusted = listen.is_trusted_proxy(connection.peer.ip());
+    let scheme = if connection.tls { "https" } else { "http" };
+    let (parts, body) = request.into_parts();
+    let body = Limited::new(
+        body,
+        usize::try_from(listen.max_body_bytes).unwrap_or(usize::MAX),
+    );
+    let request = Request::from_parts(parts, body.boxed_unsync());
+    let forwarded = upstream
+        .forwarder
+        .forward(
+            request,
+            Outbound {
+                path_and_query: &path_and_query,
+                request_id,
+                forwarded: ForwardedFacts {
+                    peer_ip: connection.peer.ip(),
+                    peer_is_trusted,
+                    scheme,
+                    host: host.as_deref(),
+                },
+                external_base: &external_base,
+                max_body_bytes: listen.max_body_bytes,
+            },
+        )
+        .await?;
+    record.upstream_seconds = Some(forwarded.upstream_duration.as_secs_f64());
+    Ok(forwarded.response)
+}
+
+/// Refuses oversized header blocks (431) and declared bodies over the limit (413) before any work.
+fn check_limits<B>(request: &Request<B>, listen: &ListenSettings) -> Result<(), GateError> {
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum::<usize>()
+        + request
+            .uri()
+            .path_and_query()
+            .map_or(0, |pq| pq.as_str().len());
+    if header_bytes > listen.max_header_bytes {
+        return Err(GateError::HeadersTooLarge {
+            limit: listen.max_header_bytes,
+        });
+    }
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > listen.max_body_bytes) {
+        return Err(GateError::BodyTooLarge {
+            limit: listen.max_body_bytes,
+        });
+    }
+    Ok(())
+}
+
+/// The host the client addressed: the URI authority (HTTP/2, absolute form) or the `Host` header.
+fn request_host<B>(request: &Request<B>) -> Option<&str> {
+    request
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| request.headers().get(header::HOST)?.to_str().ok())
+}
+
+/// The request id: the client's `x-ms-client-request-id` when it is a sane value, else a new one.
+fn request_id<B>(request: &Request<B>) -> String {
+    request
+        .headers()
+        .get(&X_MS_CLIENT_REQUEST_ID)
+        .and_then(crate::forward::headers::acceptable_request_id)
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+}
+
+/// The gate's base URL as this client sees it (configured, or from a trusted proxy's
+/// `X-Forwarded-*`, or from the request itself), followed by the route's prefix.
+fn external_base<B>(
+    listen: &ListenSettings,
+    connection: &Connection,
+    request: &Request<B>,
+    host: Option<&str>,
+    prefix: &str,
+) -> String {
+    if let Some(configured) = &listen.external_url {
+        return format!("{configured}{prefix}");
+    }
+    let header = |name: &HeaderName| request.headers().get(name)?.to_str().ok();
+    let from_proxy = listen.is_trusted_proxy(connection.peer.ip());
+    let scheme = from_proxy
+        .then(|| header(&X_FORWARDED_PROTO))
+        .flatten()
+        .filter(|s| matches!(*s, "http" | "https"))
+        .unwrap_or(if connection.tls { "https" } else { "http" });
+    let host = from_proxy
+        .then(|| header(&X_FORWARDED_HOST))
+        .flatten()
+        .or(host)
+        .unwrap_or_default();
+    format!("{scheme}://{host}{prefix}")
+}
+
+fn observe(metrics: &Metrics, record: &Record, status: http::StatusCode, started: Instant) {
+    metrics
+        .requests
+        .with_label_values(&[
+            record.upstream.as_str(),
+            record.action.as_str(),
+            record.decision,
+            status.as_str(),
+        ])
+        .inc();
+    metrics
+        .request_duration
+        .with_label_values(&[record.upstream.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    if let Some(seconds) = record.upstream_seconds {
+        metrics
+            .upstream_duration
+            .with_label_values(&[record.upstream.as_str()])
+            .observe(seconds);
+    }
+}
+
+/// Counts a request as in flight for as long as it lives.
+struct Inflight<'a>(&'a Metrics);
+
+impl<'a> Inflight<'a> {
+    fn enter(metrics: &'a Metrics) -> Self {
+        metrics.inflight.inc();
+        Self(metrics)
+    }
+}
+
+impl Drop for Inflight<'_> {
+    fn drop(&mut self) {
+        self.0.inflight.dec();
+    }
+}

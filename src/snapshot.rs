@@ -1,0 +1,199 @@
+//! One configuration version compiled into everything a request needs. A snapshot is immutable:
+//! a reload builds a new one and swaps it in whole, so a request never sees two versions.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use rustls::ServerConfig;
+
+use crate::config::{self, Diagnostic, Diagnostics, LoadedConfig, UpstreamKind};
+use crate::forward::Forwarder;
+use crate::route::Router;
+
+/// An upstream as the request path uses it.
+pub struct Upstream {
+    pub name: String,
+    pub kind: UpstreamKind,
+    pub forwarder: Forwarder,
+}
+
+/// Client listener settings, resolved.
+pub struct ListenSettings {
+    pub address: SocketAddr,
+    /// `None`: plain HTTP.
+    pub tls: Option<Arc<ServerConfig>>,
+    pub external_url: Option<String>,
+    pub trusted_proxies: Vec<IpNet>,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: u64,
+    pub header_read_timeout: Duration,
+    pub drain_timeout: Duration,
+}
+
+impl ListenSettings {
+    /// Whether `peer` may pass its own `X-Forwarded-*` headers on.
+    pub fn is_trusted_proxy(&self, peer: std::net::IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|net| net.contains(&peer))
+    }
+}
+
+/// Everything compiled from one configuration version.
+pub struct Snapshot {
+    pub config_path: PathBuf,
+    pub listen: ListenSettings,
+    pub admin_address: Option<SocketAddr>,
+    pub provider_count: usize,
+    pub router: Router<Upstream>,
+    upstream_names: Vec<String>,
+    /// Directories whose changes trigger a reload: the config file's and every referenced file's.
+    pub watched_dirs: Vec<PathBuf>,
+}
+
+impl Snapshot {
+    /// The configured upstreams' names, in file order.
+    pub fn router_names(&self) -> &[String] {
+        &self.upstream_names
+    }
+
+    /// Reads and compiles the configuration at `path`.
+    pub fn load(path: &std::path::Path) -> Result<Self, Diagnostics> {
+        Self::build(config::load(path)?)
+    }
+
+    /// Compiles a parsed configuration; every file it names is read here, so a snapshot that
+    /// builds is one that can serve.
+    pub fn build(loaded: LoadedConfig) -> Result<Self, Diagnostics> {
+        let mut problems = Vec::new();
+        let config = &loaded.config;
+        let mut watched_dirs = Vec::new();
+        let mut watch = |path: &std::path::Path| {
+            if let Some(dir) = path.parent() {
+                let dir = if dir.as_os_str().is_empty() {
+                    std::path::Path::new(".")
+                } else {
+                    dir
+                };
+                if !watched_dirs.iter().any(|d: &PathBuf| d == dir) {
+                    watched_dirs.push(dir.to_owned());
+                }
+            }
+        };
+        watch(&loaded.path);
+
+        let tls = match &config.listen.tls {
+            None => None,
+            Some(tls) => {
+                let cert = loaded.resolve_path(&tls.cert.value);
+                let key = loaded.resolve_path(&tls.key.value);
+                let client_ca = tls
+                    .client_ca
+                    .as_ref()
+                    .map(|ca| loaded.resolve_path(&ca.value));
+                watch(&cert);
+                watch(&key);
+                if let Some(ca) = &client_ca {
+                    watch(ca);
+                }
+                match crate::listener::tls::server_config(&cert, &key, client_ca.as_deref()) {
+                    Ok(server) => Some(Arc::new(server)),
+                    Err(error) => {
+                        problems.push(loaded.diagnostic(tls.cert.referenced, error.to_string()));
+                        None
+                    }
+                }
+            }
+        };
+
+        let mut routes = Vec::new();
+        for upstream in &config.upstreams {
+            let ca_file = upstream
+                .ca_file
+                .as_ref()
+                .map(|ca| loaded.resolve_path(&ca.value));
+            if let Some(ca) = &ca_file {
+                watch(ca);
+            }
+            let host = upstream
+                .matcher
+                .host
+                .as_ref()
+                .and_then(|h| config::parse_host_match(&h.value).ok());
+            let prefix = upstream
+                .matcher
+                .path_prefix
+                .as_ref()
+                .map(|p| p.value.clone());
+            match Forwarder::new(upstream, ca_file.as_deref()) {
+                Ok(forwarder) => routes.push((
+                    host,
+                    prefix,
+                    Arc::new(Upstream {
+                        name: upstream.name.value.clone(),
+                        kind: upstream.kind,
+                        forwarder,
+                    }),
+                )),
+                Err(error) => {
+                    let at = upstream
+                        .ca_file
+                        .as_ref()
+                        .map_or(upstream.url.referenced, |c| c.referenced);
+                    problems.push(loaded.diagnostic(at, error.to_string()));
+                }
+            }
+        }
+
+        let parse_address = |value: &str| value.parse::<SocketAddr>().ok();
+        let address = parse_address(&config.listen.address.value);
+        if !problems.is_empty() {
+            return Err(Diagnostics(problems));
+        }
+        let Some(address) = address else {
+            return Err(Diagnostic::at(
+                &loaded.path,
+                &loaded.source,
+                config.listen.address.referenced,
+                "invalid listen address",
+            )
+            .into());
+        };
+        let listen = &config.listen;
+        Ok(Self {
+            listen: ListenSettings {
+                address,
+                tls,
+                external_url: listen
+                    .external_url
+                    .as_ref()
+                    .map(|u| u.value.trim_end_matches('/').to_owned()),
+                trusted_proxies: listen
+                    .trusted_proxies
+                    .iter()
+                    .filter_map(|p| {
+                        let value = p.value.trim();
+                        value
+                            .parse::<IpNet>()
+                            .ok()
+                            .or_else(|| value.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+                    })
+                    .collect(),
+                max_header_bytes: listen.max_header_bytes,
+                max_body_bytes: listen.max_body_bytes,
+                header_read_timeout: listen.header_read_timeout.0,
+                drain_timeout: listen.drain_timeout.0,
+            },
+            admin_address: config
+                .admin
+                .as_ref()
+                .and_then(|a| parse_address(&a.address.value)),
+            provider_count: config.providers.len(),
+            upstream_names: routes.iter().map(|(_, _, u)| u.name.clone()).collect(),
+            router: Router::new(routes),
+            config_path: loaded.path,
+            watched_dirs,
+        })
+    }
+}
