@@ -62,17 +62,29 @@ fn respond(gate: &Gate, request: &Request<Incoming>) -> Response<ResponseBody> {
 
 fn readiness(gate: &Gate) -> Response<ResponseBody> {
     let snapshot = gate.snapshot();
-    let draining = gate.is_draining();
-    let status = if draining { "draining" } else { "ready" };
+    let authenticator = &snapshot.authenticator;
+    let (status, ready) = if gate.is_draining() {
+        ("draining", false)
+    } else if !authenticator.has_keys() {
+        ("no_provider_keys", false)
+    } else {
+        ("ready", true)
+    };
+    let providers: serde_json::Map<String, serde_json::Value> = authenticator
+        .key_status()
+        .into_iter()
+        .map(|(name, status)| (name, serde_json::to_value(status).unwrap_or_default()))
+        .collect();
     let body = serde_json::json!({
         "status": status,
         "config": snapshot.config_path.display().to_string(),
         "upstreams": snapshot.router_names(),
+        "providers": providers,
     });
-    let code = if draining {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
+    let code = if ready {
         StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
     };
     json(code, body)
 }

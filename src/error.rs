@@ -7,6 +7,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
+use crate::authn::AuthnError;
 use crate::body::ResponseBody;
 use crate::forward::ForwardError;
 use crate::route::RouteError;
@@ -21,8 +22,13 @@ pub enum GateError {
     #[error("the request body is larger than the {limit}-byte limit")]
     BodyTooLarge { limit: u64 },
     #[error(transparent)]
+    Authn(#[from] AuthnError),
+    #[error(transparent)]
     Forward(#[from] ForwardError),
 }
+
+/// Seconds a caller should wait before retrying after an outage of a dependency.
+const RETRY_AFTER_SECONDS: &str = "5";
 
 impl GateError {
     /// The HTTP status a caller sees for this failure.
@@ -31,6 +37,11 @@ impl GateError {
             GateError::Route(RouteError::NoMatch) => StatusCode::NOT_FOUND,
             GateError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GateError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GateError::Authn(AuthnError::InvalidRequest(_)) => StatusCode::BAD_REQUEST,
+            GateError::Authn(AuthnError::Missing(_) | AuthnError::Invalid { .. }) => {
+                StatusCode::UNAUTHORIZED
+            }
+            GateError::Authn(AuthnError::Unavailable { .. }) => StatusCode::SERVICE_UNAVAILABLE,
             GateError::Forward(ForwardError::BodyTooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             GateError::Forward(ForwardError::Unreachable { .. }) => StatusCode::BAD_GATEWAY,
             GateError::Forward(ForwardError::Failed { .. }) => StatusCode::BAD_GATEWAY,
@@ -45,6 +56,9 @@ impl GateError {
             GateError::HeadersTooLarge { .. } => "RequestHeaderFieldsTooLarge",
             GateError::BodyTooLarge { .. }
             | GateError::Forward(ForwardError::BodyTooLarge { .. }) => "PayloadTooLarge",
+            GateError::Authn(AuthnError::InvalidRequest(_)) => "InvalidRequest",
+            GateError::Authn(AuthnError::Missing(_) | AuthnError::Invalid { .. }) => "Unauthorized",
+            GateError::Authn(AuthnError::Unavailable { .. }) => "IdentityProviderUnavailable",
             GateError::Forward(ForwardError::Unreachable { .. }) => "UpstreamUnreachable",
             GateError::Forward(ForwardError::Failed { .. }) => "UpstreamFailed",
             GateError::Forward(ForwardError::TimedOut { .. }) => "UpstreamTimeout",
@@ -54,7 +68,41 @@ impl GateError {
     /// The response the caller gets. The message is this error's `Display`, which never includes
     /// a token, a secret or a query string.
     pub fn into_response(self, request_id: &str) -> Response<ResponseBody> {
-        error_response(self.status(), self.code(), &self.to_string(), request_id)
+        let mut response =
+            error_response(self.status(), self.code(), &self.to_string(), request_id);
+        let headers = response.headers_mut();
+        match &self {
+            GateError::Authn(AuthnError::Unavailable { .. }) => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from_static(RETRY_AFTER_SECONDS),
+                );
+            }
+            GateError::Authn(error) => {
+                if let Ok(value) = HeaderValue::from_str(&www_authenticate(error)) {
+                    headers.insert(header::WWW_AUTHENTICATE, value);
+                }
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+/// The RFC 6750 challenge: no error code when no token was sent (§3.1), `invalid_request` for
+/// refused ways of sending one, `invalid_token` otherwise.
+fn www_authenticate(error: &AuthnError) -> String {
+    let description = error.to_string().replace(['"', '\\'], "'");
+    match error {
+        AuthnError::Missing(_) => {
+            format!(r#"Bearer realm="synapse-gate", error_description="{description}""#)
+        }
+        AuthnError::InvalidRequest(_) => format!(
+            r#"Bearer realm="synapse-gate", error="invalid_request", error_description="{description}""#
+        ),
+        AuthnError::Invalid { .. } | AuthnError::Unavailable { .. } => format!(
+            r#"Bearer realm="synapse-gate", error="invalid_token", error_description="{description}""#
+        ),
     }
 }
 

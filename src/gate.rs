@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::authn::KeyStores;
 use crate::config::Diagnostics;
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
@@ -16,19 +17,30 @@ pub struct Gate {
     config_path: PathBuf,
     snapshot: ArcSwap<Snapshot>,
     pub metrics: Metrics,
+    key_stores: KeyStores,
     draining: AtomicBool,
 }
 
 impl Gate {
-    /// A gate serving `snapshot`, loaded from `config_path`.
-    pub fn new(config_path: &Path, snapshot: Snapshot, metrics: Metrics) -> Arc<Self> {
+    /// Loads the configuration at `config_path`. Key fetching starts with [`Gate::activate`].
+    pub fn load(config_path: &Path, metrics: Metrics) -> Result<Arc<Self>, Diagnostics> {
+        let key_stores = KeyStores::new(metrics.jwks_refresh.clone());
+        let snapshot = Snapshot::load(config_path, &key_stores, &metrics)?;
         metrics.record_reload(true);
-        Arc::new(Self {
+        Ok(Arc::new(Self {
             config_path: config_path.to_owned(),
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
+            key_stores,
             draining: AtomicBool::new(false),
-        })
+        }))
+    }
+
+    /// Starts background key fetching for the providers in force (and stops it for removed ones).
+    /// Needs a Tokio runtime.
+    pub fn activate(&self) {
+        self.key_stores
+            .activate(&self.snapshot.load().authenticator.key_sources());
     }
 
     /// The configuration version in force; one load per request.
@@ -38,7 +50,7 @@ impl Gate {
 
     /// Re-reads the configuration. A broken one is reported and the current one keeps serving.
     pub fn reload(&self) -> Result<(), Diagnostics> {
-        match Snapshot::load(&self.config_path) {
+        match Snapshot::load(&self.config_path, &self.key_stores, &self.metrics) {
             Ok(next) => {
                 let current = self.snapshot.load();
                 if next.listen.address != current.listen.address
@@ -47,6 +59,7 @@ impl Gate {
                     tracing::warn!("listen or admin address changed: the new address takes effect after a restart");
                 }
                 self.snapshot.store(Arc::new(next));
+                self.activate();
                 self.metrics.record_reload(true);
                 tracing::info!(config = %self.config_path.display(), "configuration reloaded");
                 Ok(())

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod authn;
 pub mod body;
 pub mod cli;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod forward;
 pub mod gate;
 pub mod listener;
 pub mod metrics;
+pub mod outbound;
 pub mod pipeline;
 pub mod reload;
 pub mod route;

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub inflight: IntGauge,
     pub config_reloads: IntCounterVec,
     pub config_last_reload_success: Gauge,
+    pub authn_failures: IntCounterVec,
+    pub jwks_refresh: IntCounterVec,
 }
 
 impl Metrics {
@@ -59,6 +61,20 @@ impl Metrics {
             "config_last_reload_success_timestamp_seconds",
             "Unix time of the last successful configuration load.",
         )?;
+        let authn_failures = IntCounterVec::new(
+            Opts::new(
+                "authn_failures_total",
+                "Requests refused by authentication, by provider and reason.",
+            ),
+            &["provider", "reason"],
+        )?;
+        let jwks_refresh = IntCounterVec::new(
+            Opts::new(
+                "jwks_refresh_total",
+                "Signing-key fetches, by provider and outcome.",
+            ),
+            &["provider", "outcome"],
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "build_info",
@@ -79,6 +95,8 @@ impl Metrics {
         registry.register(Box::new(inflight.clone()))?;
         registry.register(Box::new(config_reloads.clone()))?;
         registry.register(Box::new(config_last_reload_success.clone()))?;
+        registry.register(Box::new(authn_failures.clone()))?;
+        registry.register(Box::new(jwks_refresh.clone()))?;
         registry.register(Box::new(build_info))?;
         Ok(Self {
             registry,
@@ -88,6 +106,8 @@ impl Metrics {
             inflight,
             config_reloads,
             config_last_reload_success,
+            authn_failures,
+            jwks_refresh,
         })
     }
 

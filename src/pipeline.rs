@@ -1,4 +1,4 @@
-//! The life of a request, top to bottom: limits → route → (authenticate → classify → authorize →
+//! The life of a request, top to bottom: limits → route → authenticate → (classify → authorize →
 //! swap token) → forward, then metrics. Each stage is one call; every failure is a [`GateError`]
 //! that becomes a response in exactly one place.
 
@@ -87,6 +87,12 @@ async fn process(
         .route(host.as_deref(), request.uri().path())?;
     let upstream = routed.target.clone();
     record.upstream.clone_from(&upstream.name);
+
+    let _principal = snapshot
+        .authenticator
+        .authenticate(request.method(), request.uri(), request.headers())
+        .await?;
+
     if upstream.kind == crate::config::UpstreamKind::Http {
         record.action = format!("http.{}", request.method().as_str().to_ascii_lowercase());
     }

@@ -13,7 +13,6 @@ use tokio::task::JoinHandle;
 use crate::config::Diagnostics;
 use crate::gate::Gate;
 use crate::metrics::Metrics;
-use crate::snapshot::Snapshot;
 
 /// Why the gate could not start.
 #[derive(Debug, thiserror::Error)]
@@ -40,13 +39,14 @@ impl Running {
     /// Starts the gate from the configuration at `config_path`. With `watch_files`, changes to the
     /// configuration (or to files it names) are reloaded automatically.
     pub async fn start(config_path: &Path, watch_files: bool) -> Result<Self, StartError> {
-        let snapshot = Snapshot::load(config_path)?;
+        let gate = Gate::load(config_path, Metrics::new()?)?;
+        let snapshot = gate.snapshot();
         let listen_address = snapshot.listen.address;
         let admin_address = snapshot.admin_address;
         if snapshot.listen.tls.is_none() && !listen_address.ip().is_loopback() {
             tracing::warn!(%listen_address, "serving plain HTTP on a non-loopback address: bearer tokens cross the network unencrypted");
         }
-        let gate = Gate::new(config_path, snapshot, Metrics::new()?);
+        gate.activate();
         let listener = bind(listen_address).await?;
         let listen_address = listener.local_addr().unwrap_or(listen_address);
         let (stop, stopped) = watch::channel(false);

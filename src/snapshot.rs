@@ -9,8 +9,10 @@ use std::time::Duration;
 use ipnet::IpNet;
 use rustls::ServerConfig;
 
+use crate::authn::{Authenticator, KeyStores};
 use crate::config::{self, Diagnostic, Diagnostics, LoadedConfig, UpstreamKind};
 use crate::forward::Forwarder;
+use crate::metrics::Metrics;
 use crate::route::Router;
 
 /// An upstream as the request path uses it.
@@ -47,6 +49,7 @@ pub struct Snapshot {
     pub admin_address: Option<SocketAddr>,
     pub provider_count: usize,
     pub router: Router<Upstream>,
+    pub authenticator: Authenticator,
     upstream_names: Vec<String>,
     /// Directories whose changes trigger a reload: the config file's and every referenced file's.
     pub watched_dirs: Vec<PathBuf>,
@@ -59,13 +62,22 @@ impl Snapshot {
     }
 
     /// Reads and compiles the configuration at `path`.
-    pub fn load(path: &std::path::Path) -> Result<Self, Diagnostics> {
-        Self::build(config::load(path)?)
+    pub fn load(
+        path: &std::path::Path,
+        key_stores: &KeyStores,
+        metrics: &Metrics,
+    ) -> Result<Self, Diagnostics> {
+        Self::build(config::load(path)?, key_stores, metrics)
     }
 
     /// Compiles a parsed configuration; every file it names is read here, so a snapshot that
-    /// builds is one that can serve.
-    pub fn build(loaded: LoadedConfig) -> Result<Self, Diagnostics> {
+    /// builds is one that can serve. Key stores are taken from (and shared through) `key_stores`;
+    /// nothing is fetched here.
+    pub fn build(
+        loaded: LoadedConfig,
+        key_stores: &KeyStores,
+        metrics: &Metrics,
+    ) -> Result<Self, Diagnostics> {
         let mut problems = Vec::new();
         let config = &loaded.config;
         let mut watched_dirs = Vec::new();
@@ -146,12 +158,28 @@ impl Snapshot {
             }
         }
 
+        let authenticator =
+            match Authenticator::build(&loaded, key_stores, metrics.authn_failures.clone()) {
+                Ok(authenticator) => Some(authenticator),
+                Err(errors) => {
+                    for (at, error) in errors {
+                        problems.push(loaded.diagnostic(at, error.to_string()));
+                    }
+                    None
+                }
+            };
+        for provider in &config.providers {
+            if let Some(ca) = &provider.ca_file {
+                watch(&loaded.resolve_path(&ca.value));
+            }
+        }
+
         let parse_address = |value: &str| value.parse::<SocketAddr>().ok();
         let address = parse_address(&config.listen.address.value);
         if !problems.is_empty() {
             return Err(Diagnostics(problems));
         }
-        let Some(address) = address else {
+        let (Some(address), Some(authenticator)) = (address, authenticator) else {
             return Err(Diagnostic::at(
                 &loaded.path,
                 &loaded.source,
@@ -192,6 +220,7 @@ impl Snapshot {
             provider_count: config.providers.len(),
             upstream_names: routes.iter().map(|(_, _, u)| u.name.clone()).collect(),
             router: Router::new(routes),
+            authenticator,
             config_path: loaded.path,
             watched_dirs,
         })

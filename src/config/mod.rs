@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 pub use diagnostic::{closest, Diagnostic, Diagnostics};
 pub use duration::HumanDuration;
 pub use model::*;
-pub use validate::{parse_host_match, HostMatch};
+pub use validate::{absolute_base_url, parse_host_match, HostMatch, SUPPORTED_ALGORITHMS};
 
 /// A parsed configuration together with where it came from (for positioned errors later on).
 #[derive(Debug, Clone)]

@@ -122,6 +122,18 @@ pub struct ProviderConfig {
     /// Where principal attributes live in the token.
     #[serde(default)]
     pub claims: ClaimMapping,
+    /// Keys are re-fetched this often while all is well.
+    #[serde(default = "defaults::jwks_refresh_interval")]
+    pub jwks_refresh_interval: HumanDuration,
+    /// A token naming an unknown `kid` triggers at most one key fetch per this interval.
+    #[serde(default = "defaults::jwks_min_refetch_interval")]
+    pub jwks_min_refetch_interval: HumanDuration,
+    /// Time limit for one discovery or key-set request.
+    #[serde(default = "defaults::fetch_timeout")]
+    pub fetch_timeout: HumanDuration,
+    /// Larger tokens are refused without being parsed.
+    #[serde(default = "defaults::max_token_bytes")]
+    pub max_token_bytes: usize,
 }
 
 /// One accepted value or a list of accepted values.
@@ -262,6 +274,18 @@ mod defaults {
     }
     pub fn pool_idle_timeout() -> HumanDuration {
         HumanDuration::from_secs(90)
+    }
+    pub fn jwks_refresh_interval() -> HumanDuration {
+        HumanDuration::from_secs(15 * 60)
+    }
+    pub fn jwks_min_refetch_interval() -> HumanDuration {
+        HumanDuration::from_secs(30)
+    }
+    pub fn fetch_timeout() -> HumanDuration {
+        HumanDuration::from_secs(10)
+    }
+    pub fn max_token_bytes() -> usize {
+        16 * 1024
     }
     pub fn rewrite_body_limit() -> usize {
         4 * 1024 * 1024

@@ -7,6 +7,22 @@ use http::{Request, StatusCode};
 
 use crate::support::*;
 
+/// Starts a test issuer and a gate trusting it (the YAML gets a `providers:` block).
+async fn start_gated(yaml: &str) -> (TestIssuer, TestGate) {
+    let issuer = TestIssuer::start().await;
+    let gate = TestGate::start(&format!(
+        "{yaml}providers:\n{}",
+        issuer.provider_yaml("test")
+    ))
+    .await;
+    (issuer, gate)
+}
+
+/// A plain-HTTP client carrying a valid token from `issuer`.
+fn client(issuer: &TestIssuer) -> Client {
+    Client::plain().with_token(issuer.token(serde_json::json!({})))
+}
+
 #[tokio::test]
 async fn status_headers_and_body_pass_through_unchanged() {
     let upstream = FakeUpstream::start(
@@ -27,8 +43,8 @@ async fn status_headers_and_body_pass_through_unchanged() {
         }),
     )
     .await;
-    let gate = TestGate::start(&config_with_upstream(&upstream.url, "http", "{}")).await;
-    let reply = Client::plain()
+    let (issuer, gate) = start_gated(&config_with_upstream(&upstream.url, "http", "{}")).await;
+    let reply = client(&issuer)
         .send(
             Request::post(gate.url("/items?x=1"))
                 .body(full("payload"))
@@ -67,9 +83,10 @@ upstreams:
             url = upstream.url,
             ca = pki.ca_path().display()
         );
-        let gate = TestGate::start(&yaml).await;
+        let (issuer, gate) = start_gated(&yaml).await;
         for http2 in [false, true] {
             let reply = Client::tls(&pki.ca_path(), http2)
+                .with_token(issuer.token(serde_json::json!({})))
                 .get(&gate.url("/api/things/1?q=a%20b"))
                 .await;
             assert_eq!(reply.status, StatusCode::OK, "{wire:?} http2={http2}");
@@ -100,11 +117,18 @@ upstreams:
 #[tokio::test]
 async fn plain_http2_prior_knowledge_is_served() {
     let upstream = FakeUpstream::echo(Wire::Plain, None).await;
-    let gate = TestGate::start(&config_with_upstream(&upstream.url, "http", "{}")).await;
+    let (issuer, gate) = start_gated(&config_with_upstream(&upstream.url, "http", "{}")).await;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .http2_only(true)
         .build_http::<http_body_util::Empty<Bytes>>();
-    let response = client.get(gate.url("/h2c").parse().unwrap()).await.unwrap();
+    let request = Request::get(gate.url("/h2c"))
+        .header(
+            "authorization",
+            format!("Bearer {}", issuer.token(serde_json::json!({}))),
+        )
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let response = client.request(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.version(), http::Version::HTTP_2);
 }
@@ -112,14 +136,17 @@ async fn plain_http2_prior_knowledge_is_served() {
 #[tokio::test]
 async fn hop_by_hop_and_credential_headers_are_removed_and_forwarding_headers_set() {
     let upstream = FakeUpstream::echo(Wire::Plain, None).await;
-    let gate = TestGate::start(&config_with_upstream(&upstream.url, "http", "{}")).await;
+    let (issuer, gate) = start_gated(&config_with_upstream(&upstream.url, "http", "{}")).await;
     let request = Request::get(gate.url("/h"))
         .header("connection", "keep-alive, x-drop-me")
         .header("x-drop-me", "1")
         .header("keep-alive", "timeout=5")
         .header("te", "trailers")
         .header("proxy-authorization", "Basic c2VjcmV0")
-        .header("authorization", "Bearer caller-token")
+        .header(
+            "authorization",
+            format!("Bearer {}", issuer.token(serde_json::json!({}))),
+        )
         .header("cookie", "session=abc")
         .header("x-forwarded-for", "6.6.6.6")
         .header("x-forwarded-proto", "gopher")
@@ -129,7 +156,7 @@ async fn hop_by_hop_and_credential_headers_are_removed_and_forwarding_headers_se
         .header("x-keep-me", "yes")
         .body(empty())
         .unwrap();
-    let reply = Client::plain().send(request).await;
+    let reply = client(&issuer).send(request).await;
     assert_eq!(reply.status, StatusCode::OK);
     let seen = &upstream.requests()[0];
     for gone in [
@@ -173,14 +200,14 @@ async fn trusted_proxies_extend_the_forwarding_chain() {
         "  address: 127.0.0.1:0\nadmin",
         "  address: 127.0.0.1:0\n  trusted_proxies: [127.0.0.0/8]\nadmin",
     );
-    let gate = TestGate::start(&yaml).await;
+    let (issuer, gate) = start_gated(&yaml).await;
     let request = Request::get(gate.url("/h"))
         .header("x-forwarded-for", "203.0.113.7")
         .header("x-forwarded-proto", "https")
         .header("x-forwarded-host", "gate.example.com")
         .body(empty())
         .unwrap();
-    assert_eq!(Client::plain().send(request).await.status, StatusCode::OK);
+    assert_eq!(client(&issuer).send(request).await.status, StatusCode::OK);
     let seen = &upstream.requests()[0];
     assert_eq!(seen.headers["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
     assert_eq!(seen.headers["x-forwarded-proto"], "https");
@@ -190,8 +217,8 @@ async fn trusted_proxies_extend_the_forwarding_chain() {
 #[tokio::test]
 async fn request_id_is_the_clients_own_or_a_new_one() {
     let upstream = FakeUpstream::echo(Wire::Plain, None).await;
-    let gate = TestGate::start(&config_with_upstream(&upstream.url, "http", "{}")).await;
-    let client = Client::plain();
+    let (issuer, gate) = start_gated(&config_with_upstream(&upstream.url, "http", "{}")).await;
+    let client = client(&issuer);
     let mine = "4f1c6b8e-1111-2222-3333-444455556666";
     let reply = client
         .send(
@@ -224,13 +251,13 @@ async fn request_id_is_the_clients_own_or_a_new_one() {
 #[tokio::test]
 async fn no_route_is_a_404_json_error_and_nothing_is_forwarded() {
     let upstream = FakeUpstream::echo(Wire::Plain, None).await;
-    let gate = TestGate::start(&config_with_upstream(
+    let (issuer, gate) = start_gated(&config_with_upstream(
         &upstream.url,
         "http",
         "{ path_prefix: /ws/contoso }",
     ))
     .await;
-    let reply = Client::plain()
+    let reply = client(&issuer)
         .get(&gate.url("/ws/other/pipelines?token=secret-value"))
         .await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
@@ -248,8 +275,8 @@ async fn oversized_bodies_are_refused_with_413() {
         "  address: 127.0.0.1:0\nadmin",
         "  address: 127.0.0.1:0\n  max_body_bytes: 1024\nadmin",
     );
-    let gate = TestGate::start(&yaml).await;
-    let client = Client::plain();
+    let (issuer, gate) = start_gated(&yaml).await;
+    let client = client(&issuer);
 
     // Declared length over the limit: refused before anything is forwarded.
     let reply = client
@@ -298,8 +325,8 @@ async fn oversized_headers_are_refused_with_431() {
         "  address: 127.0.0.1:0\nadmin",
         "  address: 127.0.0.1:0\n  max_header_bytes: 4096\nadmin",
     );
-    let gate = TestGate::start(&yaml).await;
-    let client = Client::plain();
+    let (issuer, gate) = start_gated(&yaml).await;
+    let client = client(&issuer);
     let reply = client
         .send(
             Request::get(gate.url("/h"))
@@ -337,13 +364,13 @@ async fn refused_upstream_is_502_and_slow_upstream_is_504() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let gate = TestGate::start(&config_with_upstream(
+    let (issuer, gate) = start_gated(&config_with_upstream(
         &format!("http://{closed}"),
         "http",
         "{}",
     ))
     .await;
-    let reply = Client::plain().get(&gate.url("/x")).await;
+    let reply = client(&issuer).get(&gate.url("/x")).await;
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
     let (code, message) = reply.gate_error();
     assert_eq!(code, "UpstreamUnreachable");
@@ -362,8 +389,8 @@ async fn refused_upstream_is_502_and_slow_upstream_is_504() {
         "{}    timeouts: {{ response_header: 300ms }}\n",
         config_with_upstream(&slow.url, "http", "{}")
     );
-    let gate = TestGate::start(&yaml).await;
-    let reply = Client::plain().get(&gate.url("/slow")).await;
+    let (issuer, gate) = start_gated(&yaml).await;
+    let reply = client(&issuer).get(&gate.url("/slow")).await;
     assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
     let (code, message) = reply.gate_error();
     assert_eq!(code, "UpstreamTimeout");
@@ -440,8 +467,8 @@ upstreams:
         url = upstream.url,
         ca = pki.ca_path().display()
     );
-    let gate = TestGate::start(&yaml).await;
-    let client = Client::plain();
+    let (issuer, gate) = start_gated(&yaml).await;
+    let client = client(&issuer);
     let base = gate.url("/ws/contoso");
 
     let reply = client
@@ -512,8 +539,8 @@ async fn http_upstreams_are_never_rewritten() {
     )
     .await;
     *upstream_self.lock().unwrap() = upstream.url.clone();
-    let gate = TestGate::start(&config_with_upstream(&upstream.url, "http", "{}")).await;
-    let reply = Client::plain().get(&gate.url("/list")).await;
+    let (issuer, gate) = start_gated(&config_with_upstream(&upstream.url, "http", "{}")).await;
+    let reply = client(&issuer).get(&gate.url("/list")).await;
     assert_eq!(
         reply.json()["nextLink"],
         format!("{}/next", upstream.url).as_str()

@@ -370,6 +370,7 @@ pub struct Client {
         hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
         ClientBody,
     >,
+    bearer: Option<String>,
 }
 
 impl Client {
@@ -418,7 +419,27 @@ impl Client {
         let inner = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .http2_only(http2)
             .build(connector);
-        Self { inner }
+        Self {
+            inner,
+            bearer: None,
+        }
+    }
+
+    /// Sends `Authorization: Bearer <token>` on every request that has no Authorization header.
+    pub fn with_token(mut self, token: String) -> Self {
+        self.bearer = Some(token);
+        self
+    }
+
+    fn authorize(&self, request: &mut Request<ClientBody>) {
+        if let Some(token) = &self.bearer {
+            if !request.headers().contains_key(http::header::AUTHORIZATION) {
+                request.headers_mut().insert(
+                    http::header::AUTHORIZATION,
+                    format!("Bearer {token}").parse().unwrap(),
+                );
+            }
+        }
     }
 
     pub async fn get(&self, url: &str) -> Reply {
@@ -432,7 +453,8 @@ impl Client {
             .unwrap_or_else(|e| panic!("request failed: {e:?}"))
     }
 
-    pub async fn try_send(&self, request: Request<ClientBody>) -> Result<Reply, BoxError> {
+    pub async fn try_send(&self, mut request: Request<ClientBody>) -> Result<Reply, BoxError> {
+        self.authorize(&mut request);
         let response =
             tokio::time::timeout(Duration::from_secs(60), self.inner.request(request)).await??;
         let (parts, body) = response.into_parts();
@@ -446,7 +468,8 @@ impl Client {
     }
 
     /// Sends and returns the streaming response.
-    pub async fn stream(&self, request: Request<ClientBody>) -> Response<Incoming> {
+    pub async fn stream(&self, mut request: Request<ClientBody>) -> Response<Incoming> {
+        self.authorize(&mut request);
         self.inner.request(request).await.unwrap()
     }
 }
@@ -469,4 +492,257 @@ pub fn init_logs() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
+}
+
+/// The audience every test provider accepts.
+pub const AUDIENCE: &str = "api://synapse-gate";
+
+/// One signing key of the test issuer.
+pub struct TestKey {
+    pub kid: String,
+    pub alg: jsonwebtoken::Algorithm,
+    pub encoding: jsonwebtoken::EncodingKey,
+    pub jwk: jsonwebtoken::jwk::Jwk,
+}
+
+impl TestKey {
+    /// A fresh key pair made now (never committed anywhere).
+    pub fn generate(kid: &str, alg: jsonwebtoken::Algorithm) -> Self {
+        use jsonwebtoken::Algorithm as A;
+        let (rcgen_alg, encoding): (&'static rcgen::SignatureAlgorithm, fn(&[u8]) -> _) = match alg
+        {
+            A::RS256 | A::RS384 | A::RS512 | A::PS256 | A::PS384 | A::PS512 => (
+                &rcgen::PKCS_RSA_SHA256,
+                jsonwebtoken::EncodingKey::from_rsa_pem,
+            ),
+            A::ES256 => (
+                &rcgen::PKCS_ECDSA_P256_SHA256,
+                jsonwebtoken::EncodingKey::from_ec_pem,
+            ),
+            A::ES384 => (
+                &rcgen::PKCS_ECDSA_P384_SHA384,
+                jsonwebtoken::EncodingKey::from_ec_pem,
+            ),
+            A::EdDSA => (&rcgen::PKCS_ED25519, jsonwebtoken::EncodingKey::from_ed_pem),
+            other => panic!("no test keys for {other:?}"),
+        };
+        let pair = KeyPair::generate_for(rcgen_alg).unwrap();
+        let encoding = encoding(pair.serialize_pem().as_bytes()).unwrap();
+        let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&encoding, alg).unwrap();
+        jwk.common.key_id = Some(kid.to_owned());
+        Self {
+            kid: kid.to_owned(),
+            alg,
+            encoding,
+            jwk,
+        }
+    }
+}
+
+/// An OpenID provider on 127.0.0.1: discovery document, JWKS, and tokens signed with keys made
+/// at test time. It can rotate keys, drop keys, and go down.
+pub struct TestIssuer {
+    pub issuer: String,
+    pub address: SocketAddr,
+    keys: Arc<Mutex<Vec<Arc<TestKey>>>>,
+    signing: Mutex<Arc<TestKey>>,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    jwks_fetches: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestIssuer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TestIssuer {
+    /// An issuer with one RS256 key `k1`.
+    pub async fn start() -> Self {
+        Self::start_with(jsonwebtoken::Algorithm::RS256, "k1").await
+    }
+
+    pub async fn start_with(alg: jsonwebtoken::Algorithm, kid: &str) -> Self {
+        Self::start_on(
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            alg,
+            kid,
+        )
+    }
+
+    /// Starts on a given listener (so a test can learn the address before the issuer is up).
+    pub fn start_on(listener: TcpListener, alg: jsonwebtoken::Algorithm, kid: &str) -> Self {
+        let address = listener.local_addr().unwrap();
+        let issuer = format!("http://127.0.0.1:{}", address.port());
+        let first = Arc::new(TestKey::generate(kid, alg));
+        let keys = Arc::new(Mutex::new(vec![first.clone()]));
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let jwks_fetches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (served_keys, served_up, fetches, base) = (
+            keys.clone(),
+            up.clone(),
+            jwks_fetches.clone(),
+            issuer.clone(),
+        );
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (keys, up, fetches, base) = (
+                    served_keys.clone(),
+                    served_up.clone(),
+                    fetches.clone(),
+                    base.clone(),
+                );
+                tokio::spawn(async move {
+                    let service = service_fn(move |request: Request<Incoming>| {
+                        let (keys, up, fetches, base) =
+                            (keys.clone(), up.clone(), fetches.clone(), base.clone());
+                        async move {
+                            use std::sync::atomic::Ordering;
+                            if !up.load(Ordering::SeqCst) {
+                                return Ok::<_, Infallible>(json_response(
+                                    StatusCode::SERVICE_UNAVAILABLE,
+                                    &serde_json::json!({"error": "down"}),
+                                ));
+                            }
+                            let response = match request.uri().path() {
+                                "/.well-known/openid-configuration" => json_response(
+                                    StatusCode::OK,
+                                    &serde_json::json!({
+                                        "issuer": base,
+                                        "jwks_uri": format!("{base}/jwks"),
+                                        "response_types_supported": ["id_token"],
+                                        "subject_types_supported": ["public"],
+                                        "id_token_signing_alg_values_supported": ["RS256", "ES256"],
+                                    }),
+                                ),
+                                "/jwks" => {
+                                    fetches.fetch_add(1, Ordering::SeqCst);
+                                    let set: Vec<_> = keys
+                                        .lock()
+                                        .unwrap()
+                                        .iter()
+                                        .map(|k| k.jwk.clone())
+                                        .collect();
+                                    json_response(
+                                        StatusCode::OK,
+                                        &serde_json::json!({ "keys": set }),
+                                    )
+                                }
+                                _ => json_response(StatusCode::NOT_FOUND, &serde_json::json!({})),
+                            };
+                            Ok(response)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            issuer,
+            address,
+            keys,
+            signing: Mutex::new(first),
+            up,
+            jwks_fetches,
+            task,
+        }
+    }
+
+    /// A token signed with the current key: `claims` are merged over sensible defaults
+    /// (`iss`, `aud`, `sub`, `iat`, `nbf`, `exp` in 10 minutes).
+    pub fn token(&self, claims: serde_json::Value) -> String {
+        let key = self.signing.lock().unwrap().clone();
+        self.token_signed(&key, claims)
+    }
+
+    pub fn token_signed(&self, key: &TestKey, claims: serde_json::Value) -> String {
+        let mut header = jsonwebtoken::Header::new(key.alg);
+        header.kid = Some(key.kid.clone());
+        self.token_with_header(header, key, claims)
+    }
+
+    pub fn token_with_header(
+        &self,
+        header: jsonwebtoken::Header,
+        key: &TestKey,
+        claims: serde_json::Value,
+    ) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let mut all = serde_json::json!({
+            "iss": self.issuer, "aud": AUDIENCE, "sub": "alice", "iat": now, "nbf": now, "exp": now + 600,
+        });
+        for (name, value) in claims.as_object().cloned().unwrap_or_default() {
+            if value.is_null() {
+                all.as_object_mut().unwrap().remove(&name);
+            } else {
+                all[name] = value;
+            }
+        }
+        jsonwebtoken::encode(&header, &all, &key.encoding).unwrap()
+    }
+
+    /// Adds a new key and signs with it from now on; the old keys stay published.
+    pub fn rotate(&self, kid: &str) -> Arc<TestKey> {
+        let alg = self.signing.lock().unwrap().alg;
+        let key = Arc::new(TestKey::generate(kid, alg));
+        self.keys.lock().unwrap().push(key.clone());
+        *self.signing.lock().unwrap() = key.clone();
+        key
+    }
+
+    /// Stops publishing `kid`.
+    pub fn unpublish(&self, kid: &str) {
+        self.keys.lock().unwrap().retain(|k| k.kid != kid);
+    }
+
+    pub fn current_key(&self) -> Arc<TestKey> {
+        self.signing.lock().unwrap().clone()
+    }
+
+    /// `false`: every endpoint answers 503 (an outage).
+    pub fn set_up(&self, up: bool) {
+        self.up.store(up, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn jwks_fetches(&self) -> usize {
+        self.jwks_fetches.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// A `providers:` entry for this issuer.
+    pub fn provider_yaml(&self, name: &str) -> String {
+        format!(
+            "  - name: {name}\n    issuer: {}\n    audiences: [{AUDIENCE}]\n    jwks_min_refetch_interval: 1s\n",
+            self.issuer
+        )
+    }
+}
+
+/// A gate config around one upstream that trusts `issuer` (plain HTTP listener and admin on loopback).
+pub fn gated_config(issuer: &TestIssuer, url: &str, kind: &str, matcher: &str) -> String {
+    format!(
+        "{}providers:\n{}",
+        config_with_upstream(url, kind, matcher),
+        issuer.provider_yaml("test")
+    )
+}
+
+/// Waits (bounded) until the gate's `/readyz` reports keys for every provider.
+pub async fn wait_ready(gate: &TestGate) {
+    for _ in 0..100 {
+        let reply = Client::plain().get(&gate.admin_url("/readyz")).await;
+        if reply.status == StatusCode::OK {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the gate never became ready");
 }

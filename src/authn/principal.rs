@@ -1,0 +1,185 @@
+//! The authenticated caller, as policy and audit see it.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::config::ClaimMapping;
+
+/// Who is calling, from a validated token.
+#[derive(Debug, Clone, Serialize)]
+pub struct Principal {
+    /// The configured provider's name.
+    pub provider: String,
+    pub iss: String,
+    pub sub: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub groups: Vec<String>,
+    pub roles: Vec<String>,
+    pub scopes: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// Every claim of the token, for `claims:` conditions in policies.
+    #[serde(skip)]
+    pub claims: Map<String, Value>,
+    /// `exp`, in Unix seconds.
+    #[serde(skip)]
+    pub expires_at: u64,
+}
+
+/// Resolved claim names for one provider.
+#[derive(Debug, Clone)]
+pub struct ClaimNames {
+    groups: Vec<String>,
+    roles: Vec<String>,
+    scopes: Vec<String>,
+    email: Vec<String>,
+    name: Vec<String>,
+    client_id: Vec<String>,
+}
+
+impl ClaimNames {
+    /// The configured names, or the defaults that cover Entra v1/v2, Okta, Keycloak, Auth0,
+    /// Google, GitHub Actions and Kubernetes.
+    pub fn new(mapping: &ClaimMapping) -> Self {
+        let pick = |configured: &Option<String>, defaults: &[&str]| match configured {
+            Some(name) => vec![name.clone()],
+            None => defaults.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        Self {
+            groups: pick(&mapping.groups, &["groups"]),
+            roles: pick(&mapping.roles, &["roles"]),
+            scopes: pick(&mapping.scopes, &["scp", "scope"]),
+            email: pick(&mapping.email, &["email", "preferred_username", "upn"]),
+            name: pick(&mapping.name, &["name"]),
+            client_id: pick(&mapping.client_id, &["azp", "appid", "client_id"]),
+        }
+    }
+
+    /// Whether the token says its groups did not fit (Entra "groups overage").
+    pub fn groups_overage(&self, claims: &Map<String, Value>) -> bool {
+        let named_elsewhere = claims
+            .get("_claim_names")
+            .and_then(Value::as_object)
+            .is_some_and(|names| self.groups.iter().any(|g| names.contains_key(g)));
+        let has_groups_flag = claims
+            .get("hasgroups")
+            .is_some_and(|v| v == &Value::Bool(true));
+        let groups_present = self.groups.iter().any(|g| claims.contains_key(g));
+        (named_elsewhere || has_groups_flag) && !groups_present
+    }
+
+    /// Builds the principal from validated claims.
+    pub fn principal(
+        &self,
+        provider: &str,
+        claims: Map<String, Value>,
+        expires_at: u64,
+    ) -> Principal {
+        let first_string = |names: &[String]| {
+            names
+                .iter()
+                .find_map(|n| claims.get(n).and_then(Value::as_str).map(str::to_owned))
+        };
+        let list = |names: &[String]| {
+            names
+                .iter()
+                .find_map(|n| claims.get(n).map(string_list))
+                .unwrap_or_default()
+        };
+        Principal {
+            provider: provider.to_owned(),
+            iss: claims
+                .get("iss")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            sub: claims
+                .get("sub")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            email: first_string(&self.email),
+            name: first_string(&self.name),
+            groups: list(&self.groups),
+            roles: list(&self.roles),
+            scopes: list(&self.scopes),
+            client_id: first_string(&self.client_id),
+            claims,
+            expires_at,
+        }
+    }
+}
+
+/// A claim that is a list of strings, or one space-separated string (`scp`, `scope`).
+fn string_list(value: &Value) -> Vec<String> {
+    match value {
+        Value::Array(items) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        Value::String(text) => text.split_whitespace().map(str::to_owned).collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn claims(value: Value) -> Map<String, Value> {
+        value.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn defaults_cover_entra_v1_and_v2() {
+        let names = ClaimNames::new(&ClaimMapping::default());
+        let v2 = names.principal(
+            "corp",
+            claims(json!({"iss":"i","sub":"s","azp":"app","preferred_username":"a@x","scp":"read write","groups":["g1"],"roles":["R"]})),
+            1,
+        );
+        assert_eq!(v2.client_id.as_deref(), Some("app"));
+        assert_eq!(v2.email.as_deref(), Some("a@x"));
+        assert_eq!(v2.scopes, ["read", "write"]);
+        assert_eq!(v2.groups, ["g1"]);
+        assert_eq!(v2.roles, ["R"]);
+        let v1 = names.principal(
+            "corp",
+            claims(json!({"sub":"s","appid":"app1","upn":"u@x"})),
+            1,
+        );
+        assert_eq!(v1.client_id.as_deref(), Some("app1"));
+        assert_eq!(v1.email.as_deref(), Some("u@x"));
+    }
+
+    #[test]
+    fn configured_names_replace_defaults() {
+        let mapping = ClaimMapping {
+            groups: Some("realm_groups".into()),
+            ..ClaimMapping::default()
+        };
+        let names = ClaimNames::new(&mapping);
+        let p = names.principal(
+            "kc",
+            claims(json!({"groups":["no"],"realm_groups":["yes"]})),
+            1,
+        );
+        assert_eq!(p.groups, ["yes"]);
+    }
+
+    #[test]
+    fn detects_groups_overage() {
+        let names = ClaimNames::new(&ClaimMapping::default());
+        assert!(names.groups_overage(&claims(
+            json!({"_claim_names":{"groups":"src1"},"_claim_sources":{}})
+        )));
+        assert!(names.groups_overage(&claims(json!({"hasgroups":true}))));
+        assert!(!names.groups_overage(&claims(json!({"groups":["a"]}))));
+        assert!(!names.groups_overage(&claims(json!({}))));
+    }
+}
