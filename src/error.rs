@@ -21,8 +21,12 @@ pub enum GateError {
     HeadersTooLarge { limit: usize },
     #[error("the request body is larger than the {limit}-byte limit")]
     BodyTooLarge { limit: u64 },
+    #[error("{0}")]
+    AmbiguousPath(#[from] crate::synapse::PathError),
     #[error(transparent)]
     Authn(#[from] AuthnError),
+    #[error("{}", denial_message(.rule.as_deref()))]
+    Denied { rule: Option<std::sync::Arc<str>> },
     #[error(transparent)]
     Forward(#[from] ForwardError),
 }
@@ -37,6 +41,8 @@ impl GateError {
             GateError::Route(RouteError::NoMatch) => StatusCode::NOT_FOUND,
             GateError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GateError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GateError::AmbiguousPath(_) => StatusCode::BAD_REQUEST,
+            GateError::Denied { .. } => StatusCode::FORBIDDEN,
             GateError::Authn(AuthnError::InvalidRequest(_)) => StatusCode::BAD_REQUEST,
             GateError::Authn(AuthnError::Missing(_) | AuthnError::Invalid { .. }) => {
                 StatusCode::UNAUTHORIZED
@@ -56,6 +62,8 @@ impl GateError {
             GateError::HeadersTooLarge { .. } => "RequestHeaderFieldsTooLarge",
             GateError::BodyTooLarge { .. }
             | GateError::Forward(ForwardError::BodyTooLarge { .. }) => "PayloadTooLarge",
+            GateError::AmbiguousPath(_) => "AmbiguousPath",
+            GateError::Denied { .. } => "PolicyDenied",
             GateError::Authn(AuthnError::InvalidRequest(_)) => "InvalidRequest",
             GateError::Authn(AuthnError::Missing(_) | AuthnError::Invalid { .. }) => "Unauthorized",
             GateError::Authn(AuthnError::Unavailable { .. }) => "IdentityProviderUnavailable",
@@ -86,6 +94,13 @@ impl GateError {
             _ => {}
         }
         response
+    }
+}
+
+fn denial_message(rule: Option<&str>) -> String {
+    match rule {
+        Some(rule) => format!("the request is denied by policy rule `{rule}`"),
+        None => "the request is denied: no policy rule allows it".to_owned(),
     }
 }
 

@@ -26,8 +26,67 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some(Command::Actions) => {
+            let _ = write!(std::io::stdout(), "{}", cli::actions::render());
+            ExitCode::SUCCESS
+        }
+        Some(Command::Test(args)) => match cli::explain::load_offline(&args.config) {
+            Ok(snapshot) => {
+                let (report, all_passed) = cli::explain::run_tests(&snapshot);
+                let _ = write!(std::io::stdout(), "{report}");
+                if all_passed {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(problems) => {
+                let _ = writeln!(std::io::stderr(), "{problems}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(Command::Explain(args)) => explain(&args),
         Some(Command::Serve(args)) => serve(&args.config),
         None => serve(&cli.config),
+    }
+}
+
+fn explain(args: &cli::ExplainArgs) -> ExitCode {
+    let principal = std::fs::read_to_string(&args.principal)
+        .map_err(|e| format!("cannot read {}: {e}", args.principal.display()))
+        .and_then(|text| {
+            serde_json::from_str::<synapse_gate::policy::TestPrincipal>(&text)
+                .map_err(|e| format!("{}: {e}", args.principal.display()))
+        });
+    let principal = match principal {
+        Ok(principal) => cli::explain::principal_from(&principal),
+        Err(error) => {
+            let _ = writeln!(std::io::stderr(), "error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let snapshot = match cli::explain::load_offline(&args.config) {
+        Ok(snapshot) => snapshot,
+        Err(problems) => {
+            let _ = writeln!(std::io::stderr(), "{problems}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli::explain::decide(
+        &snapshot,
+        &principal,
+        &args.method,
+        &args.url,
+        args.source_ip,
+    ) {
+        Ok(explained) => {
+            let _ = write!(std::io::stdout(), "{}", cli::explain::render(&explained));
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            let _ = writeln!(std::io::stderr(), "{error}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -23,6 +23,7 @@ pub struct Metrics {
     pub config_last_reload_success: Gauge,
     pub authn_failures: IntCounterVec,
     pub jwks_refresh: IntCounterVec,
+    pub policy_decisions: IntCounterVec,
 }
 
 impl Metrics {
@@ -75,6 +76,13 @@ impl Metrics {
             ),
             &["provider", "outcome"],
         )?;
+        let policy_decisions = IntCounterVec::new(
+            Opts::new(
+                "policy_decisions_total",
+                "Policy decisions, by deciding rule (`none` for the default deny), effect and mode.",
+            ),
+            &["rule", "effect", "mode"],
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "build_info",
@@ -97,6 +105,7 @@ impl Metrics {
         registry.register(Box::new(config_last_reload_success.clone()))?;
         registry.register(Box::new(authn_failures.clone()))?;
         registry.register(Box::new(jwks_refresh.clone()))?;
+        registry.register(Box::new(policy_decisions.clone()))?;
         registry.register(Box::new(build_info))?;
         Ok(Self {
             registry,
@@ -108,6 +117,7 @@ impl Metrics {
             config_last_reload_success,
             authn_failures,
             jwks_refresh,
+            policy_decisions,
         })
     }
 

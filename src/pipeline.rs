@@ -1,5 +1,5 @@
-//! The life of a request, top to bottom: limits → route → authenticate → (classify → authorize →
-//! swap token) → forward, then metrics. Each stage is one call; every failure is a [`GateError`]
+//! The life of a request, top to bottom: limits and path check → route → authenticate → classify →
+//! authorize → (swap token) → forward, then metrics. Each stage is one call; every failure is a [`GateError`]
 //! that becomes a response in exactly one place.
 
 use std::net::SocketAddr;
@@ -12,11 +12,14 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use crate::body::ResponseBody;
+use crate::config::UpstreamKind;
 use crate::error::GateError;
 use crate::forward::{ForwardedFacts, Outbound};
 use crate::gate::Gate;
 use crate::metrics::Metrics;
+use crate::policy::{Decision, Effect, Facts};
 use crate::snapshot::{ListenSettings, Snapshot};
+use crate::synapse;
 
 /// Facts about the connection a request arrived on.
 #[derive(Debug, Clone)]
@@ -33,7 +36,7 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 /// What the metrics need to know about a finished request.
 struct Record {
     upstream: String,
-    action: String,
+    action: &'static str,
     decision: &'static str,
     upstream_seconds: Option<f64>,
 }
@@ -50,13 +53,20 @@ pub async fn handle(
     let request_id = request_id(&request);
     let mut record = Record {
         upstream: "none".into(),
-        action: "unclassified".into(),
+        action: "none",
         decision: "none",
         upstream_seconds: None,
     };
 
-    let mut response = match process(&snapshot, &connection, &request_id, request, &mut record)
-        .await
+    let mut response = match process(
+        &snapshot,
+        &gate.metrics,
+        &connection,
+        &request_id,
+        request,
+        &mut record,
+    )
+    .await
     {
         Ok(response) => response,
         Err(error) => {
@@ -73,6 +83,7 @@ pub async fn handle(
 
 async fn process(
     snapshot: &Snapshot,
+    metrics: &Metrics,
     connection: &Connection,
     request_id: &str,
     request: Request<Incoming>,
@@ -80,6 +91,7 @@ async fn process(
 ) -> Result<Response<ResponseBody>, GateError> {
     let listen = &snapshot.listen;
     check_limits(&request, listen)?;
+    synapse::check_path(request.uri().path())?;
 
     let host = request_host(&request).map(str::to_owned);
     let routed = snapshot
@@ -88,14 +100,41 @@ async fn process(
     let upstream = routed.target.clone();
     record.upstream.clone_from(&upstream.name);
 
-    let _principal = snapshot
+    let principal = snapshot
         .authenticator
         .authenticate(request.method(), request.uri(), request.headers())
         .await?;
 
-    if upstream.kind == crate::config::UpstreamKind::Http {
-        record.action = format!("http.{}", request.method().as_str().to_ascii_lowercase());
+    let mut classified = match upstream.kind {
+        UpstreamKind::SynapseDev => synapse::classify(request.method(), routed.path),
+        UpstreamKind::Http => synapse::classify_http(request.method(), routed.path),
+    };
+    if let Some(workspace) = &upstream.workspace {
+        classified.resource.insert("workspace", workspace.clone());
     }
+    record.action = classified.action;
+
+    let decision = snapshot.policies.decide(&Facts {
+        principal: &principal,
+        action: classified.action,
+        resource: &classified.resource,
+        method: request.method().as_str(),
+        path: routed.path,
+        host: host.as_deref().map(crate::route::strip_port),
+        source_ip: Some(connection.peer.ip()),
+    });
+    record.decision = if decision.is_allowed() {
+        "allow"
+    } else {
+        "deny"
+    };
+    count_decision(metrics, &decision);
+    if !decision.is_allowed() {
+        return Err(GateError::Denied {
+            rule: decision.rule,
+        });
+    }
+
     let path_and_query = match request.uri().query() {
         Some(query) => format!("{}?{query}", routed.path),
         None => routed.path.to_owned(),
@@ -211,7 +250,7 @@ fn observe(metrics: &Metrics, record: &Record, status: http::StatusCode, started
         .requests
         .with_label_values(&[
             record.upstream.as_str(),
-            record.action.as_str(),
+            record.action,
             record.decision,
             status.as_str(),
         ])
@@ -225,6 +264,21 @@ fn observe(metrics: &Metrics, record: &Record, status: http::StatusCode, started
             .upstream_duration
             .with_label_values(&[record.upstream.as_str()])
             .observe(seconds);
+    }
+}
+
+fn count_decision(metrics: &Metrics, decision: &Decision) {
+    let effect = |e: Effect| if e == Effect::Allow { "allow" } else { "deny" };
+    let rule = decision.rule.as_deref().unwrap_or("none");
+    metrics
+        .policy_decisions
+        .with_label_values(&[rule, effect(decision.effect), "enforce"])
+        .inc();
+    for shadow in &decision.shadow {
+        metrics
+            .policy_decisions
+            .with_label_values(&[&shadow.rule, effect(shadow.effect), "shadow"])
+            .inc();
     }
 }
 

@@ -13,12 +13,15 @@ use crate::authn::{Authenticator, KeyStores};
 use crate::config::{self, Diagnostic, Diagnostics, LoadedConfig, UpstreamKind};
 use crate::forward::Forwarder;
 use crate::metrics::Metrics;
+use crate::policy::{PolicyContext, PolicySet};
 use crate::route::Router;
 
 /// An upstream as the request path uses it.
 pub struct Upstream {
     pub name: String,
     pub kind: UpstreamKind,
+    /// The `workspace` resource attribute of requests sent here.
+    pub workspace: Option<String>,
     pub forwarder: Forwarder,
 }
 
@@ -50,6 +53,7 @@ pub struct Snapshot {
     pub provider_count: usize,
     pub router: Router<Upstream>,
     pub authenticator: Authenticator,
+    pub policies: PolicySet,
     upstream_names: Vec<String>,
     /// Directories whose changes trigger a reload: the config file's and every referenced file's.
     pub watched_dirs: Vec<PathBuf>,
@@ -145,6 +149,11 @@ impl Snapshot {
                     Arc::new(Upstream {
                         name: upstream.name.value.clone(),
                         kind: upstream.kind,
+                        workspace: upstream.workspace.clone().or_else(|| {
+                            (upstream.kind == UpstreamKind::SynapseDev)
+                                .then(|| workspace_from_url(&upstream.url.value))
+                                .flatten()
+                        }),
                         forwarder,
                     }),
                 )),
@@ -174,12 +183,32 @@ impl Snapshot {
             }
         }
 
+        let policy_dir = loaded.policy_dir();
+        watched_dirs.push(policy_dir.clone());
+        let context = PolicyContext {
+            providers: config
+                .providers
+                .iter()
+                .map(|p| p.name.value.as_str())
+                .collect(),
+            identities: config.identities.keys().map(String::as_str).collect(),
+        };
+        let policies = match crate::policy::load(&policy_dir, config.policies.is_some(), &context) {
+            Ok(policies) => Some(policies),
+            Err(errors) => {
+                problems.extend(errors.0);
+                None
+            }
+        };
+
         let parse_address = |value: &str| value.parse::<SocketAddr>().ok();
         let address = parse_address(&config.listen.address.value);
         if !problems.is_empty() {
             return Err(Diagnostics(problems));
         }
-        let (Some(address), Some(authenticator)) = (address, authenticator) else {
+        let (Some(address), Some(authenticator), Some(policies)) =
+            (address, authenticator, policies)
+        else {
             return Err(Diagnostic::at(
                 &loaded.path,
                 &loaded.source,
@@ -221,8 +250,18 @@ impl Snapshot {
             upstream_names: routes.iter().map(|(_, _, u)| u.name.clone()).collect(),
             router: Router::new(routes),
             authenticator,
+            policies,
             config_path: loaded.path,
             watched_dirs,
         })
     }
+}
+
+/// `contoso` from `https://contoso.dev.azuresynapse.net`.
+fn workspace_from_url(url: &str) -> Option<String> {
+    let uri: http::Uri = url.parse().ok()?;
+    let host = uri.host()?;
+    let (label, _) = host.split_once('.')?;
+    (!label.is_empty() && host.parse::<std::net::IpAddr>().is_err())
+        .then(|| label.to_ascii_lowercase())
 }

@@ -2,19 +2,23 @@
 
 use std::path::Path;
 
-use crate::snapshot::Snapshot;
-
 /// Loads and compiles the configuration; returns a summary, or every problem found.
+/// Warnings (rules that can never match, shadowed allows) come first in the summary.
 pub fn run(config: &Path) -> Result<String, crate::config::Diagnostics> {
-    let metrics = crate::metrics::Metrics::new().map_err(|e| {
-        crate::config::Diagnostic::whole_file(config, format!("internal error: {e}"))
-    })?;
-    let key_stores = crate::authn::KeyStores::new(metrics.jwks_refresh.clone());
-    let snapshot = Snapshot::load(config, &key_stores, &metrics)?;
-    Ok(format!(
-        "{}: ok ({} upstream(s), {} provider(s))",
+    let snapshot = super::explain::load_offline(config)?;
+    let mut summary = String::new();
+    for warning in &snapshot.policies.warnings {
+        summary.push_str(&warning.to_string());
+        summary.push('\n');
+    }
+    summary.push_str(&format!(
+        "{}: ok ({} upstream(s), {} provider(s), {} policy rule(s) in {} file(s), {} warning(s))",
         config.display(),
         snapshot.router_names().len(),
-        snapshot.provider_count
-    ))
+        snapshot.provider_count,
+        snapshot.policies.len(),
+        snapshot.policies.file_count,
+        snapshot.policies.warnings.len()
+    ));
+    Ok(summary)
 }

@@ -1,6 +1,8 @@
 //! The command line: one file per subcommand; `main.rs` only parses and dispatches.
 
+pub mod actions;
 pub mod check;
+pub mod explain;
 pub mod serve;
 
 use std::path::PathBuf;
@@ -37,8 +39,32 @@ pub enum Command {
     Serve(ConfigArg),
     /// Validate the configuration: exit 0, or print every error with file:line:col and exit 1.
     Check(ConfigArg),
+    /// Run the tests written in the policy files; exit 1 on any failure.
+    Test(ConfigArg),
+    /// Show how one request would be decided, rule by rule.
+    Explain(ExplainArgs),
+    /// List the action vocabulary with the Synapse operations behind each action.
+    Actions,
     /// Print the JSON Schema of gate.yaml.
     Schema,
+}
+
+/// Arguments of `explain`.
+#[derive(Debug, clap::Args)]
+pub struct ExplainArgs {
+    /// Configuration file.
+    #[arg(short, long, env = "SYNAPSE_GATE_CONFIG", default_value = "gate.yaml")]
+    pub config: PathBuf,
+    /// JSON file describing the caller: {"provider": "corp", "sub": "alice", "groups": ["analysts"], ...}.
+    #[arg(long)]
+    pub principal: PathBuf,
+    /// The client's address, for `source_ips` conditions.
+    #[arg(long)]
+    pub source_ip: Option<std::net::IpAddr>,
+    /// HTTP method.
+    pub method: String,
+    /// Full URL as the client would send it, e.g. https://contoso.gate.example.com/pipelines.
+    pub url: String,
 }
 
 /// The `-c gate.yaml` option.

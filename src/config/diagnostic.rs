@@ -17,6 +17,8 @@ pub struct Diagnostic {
     pub help: Option<String>,
     /// The offending source line, for the caret display.
     pub source_line: Option<String>,
+    /// A warning does not stop loading.
+    pub is_warning: bool,
 }
 
 impl Diagnostic {
@@ -35,6 +37,20 @@ impl Diagnostic {
             message: message.into(),
             help: None,
             source_line,
+            is_warning: false,
+        }
+    }
+
+    /// A warning at a line of `file`.
+    pub fn warning(file: &Path, line: u64, message: impl Into<String>) -> Self {
+        Self {
+            file: file.to_owned(),
+            line,
+            column: 0,
+            message: message.into(),
+            help: None,
+            source_line: None,
+            is_warning: true,
         }
     }
 
@@ -47,6 +63,7 @@ impl Diagnostic {
             message: message.into(),
             help: None,
             source_line: None,
+            is_warning: false,
         }
     }
 

@@ -6,6 +6,7 @@
 mod diagnostic;
 mod duration;
 mod model;
+mod secret;
 mod validate;
 
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 pub use diagnostic::{closest, Diagnostic, Diagnostics};
 pub use duration::HumanDuration;
 pub use model::*;
+pub use secret::{KeyVaultSecret, SecretRef};
 pub use validate::{absolute_base_url, parse_host_match, HostMatch, SUPPORTED_ALGORITHMS};
 
 /// A parsed configuration together with where it came from (for positioned errors later on).
@@ -31,6 +33,12 @@ impl LoadedConfig {
         message: impl Into<String>,
     ) -> Diagnostic {
         Diagnostic::at(&self.path, &self.source, location, message)
+    }
+
+    /// The policy directory, resolved.
+    pub fn policy_dir(&self) -> PathBuf {
+        let configured = self.config.policies.as_ref().map(|p| p.value.as_path());
+        self.resolve_path(configured.unwrap_or(Path::new("policies")))
     }
 
     /// Resolves a path written in the file relative to the file's directory.

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::duration::HumanDuration;
+use super::secret::SecretRef;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -23,8 +24,86 @@ pub struct GateConfig {
     /// OpenID Connect providers whose tokens are accepted from callers.
     #[serde(default)]
     pub providers: Vec<ProviderConfig>,
+    /// The workload identities the gate acts as upstream, by name (policies pick one per request).
+    #[serde(default)]
+    pub identities: BTreeMap<String, IdentityConfig>,
     /// Where requests go.
     pub upstreams: Vec<UpstreamConfig>,
+    /// Directory of policy files (every `*.yaml` in it), relative to this file. Default: `policies`.
+    #[serde(default)]
+    #[schemars(with = "Option<PathBuf>")]
+    pub policies: Option<Spanned<PathBuf>>,
+}
+
+/// How the gate obtains a token for one workload identity.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum IdentityConfig {
+    /// An Entra application with a client secret or a certificate.
+    Azure(AzureApplication),
+    /// Azure Workload Identity (Kubernetes): a federated service-account token.
+    AzureWorkloadIdentity(WorkloadIdentity),
+    /// A managed identity (IMDS, or App Service's `IDENTITY_ENDPOINT`).
+    AzureManagedIdentity(ManagedIdentity),
+    /// On-behalf-of: the caller's own Entra token exchanged, so Synapse sees the real user.
+    AzureOnBehalfOf(AzureApplication),
+}
+
+/// An Entra application registration and its credential.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AzureApplication {
+    /// Directory (tenant) id.
+    pub tenant: String,
+    /// Application (client) id.
+    pub client_id: String,
+    /// A client secret reference.
+    #[serde(default)]
+    pub client_secret: Option<SecretRef>,
+    /// A certificate credential (PEM certificate and key).
+    #[serde(default)]
+    pub certificate: Option<CertificateCredential>,
+    /// Entra authority, default `https://login.microsoftonline.com`.
+    #[serde(default)]
+    pub authority_host: Option<String>,
+}
+
+/// A certificate and its private key, both PEM.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateCredential {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Azure Workload Identity settings; each defaults from the environment the webhook injects.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadIdentity {
+    /// Default: `AZURE_CLIENT_ID`.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// Default: `AZURE_TENANT_ID`.
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// Default: `AZURE_FEDERATED_TOKEN_FILE`.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Default: `AZURE_AUTHORITY_HOST`, then `https://login.microsoftonline.com`.
+    #[serde(default)]
+    pub authority_host: Option<String>,
+}
+
+/// Managed identity settings.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ManagedIdentity {
+    /// A user-assigned identity's client id; omit for the system-assigned identity.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// IMDS address, default `http://169.254.169.254`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
 }
 
 /// Client-facing listener settings.
@@ -186,6 +265,9 @@ pub struct UpstreamConfig {
     /// Which requests go here.
     #[serde(rename = "match")]
     pub matcher: MatchConfig,
+    /// Workspace name for policies (default: the first label of a `synapse-dev` URL's host).
+    #[serde(default)]
+    pub workspace: Option<String>,
     /// OAuth scope of the workload token (defaults from `kind`).
     #[serde(default)]
     pub scope: Option<String>,

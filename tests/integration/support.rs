@@ -260,6 +260,9 @@ impl TestGate {
     pub async fn start_with(yaml: &str, watch: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("gate.yaml");
+        if !yaml.contains("\npolicies:") {
+            write_allow_all_policy(dir.path());
+        }
         std::fs::write(
             &config_path,
             yaml.replace("{dir}", &dir.path().display().to_string()),
@@ -301,6 +304,17 @@ impl TestGate {
         let response = Client::plain().get(&self.admin_url("/metrics")).await;
         String::from_utf8(response.body.to_vec()).unwrap()
     }
+}
+
+/// Writes `policies/allow-all.yaml` into `dir`: every authenticated caller may do anything, so
+/// tests of other stages are not about policy. Policy tests write their own files.
+pub fn write_allow_all_policy(dir: &Path) {
+    std::fs::create_dir_all(dir.join("policies")).unwrap();
+    std::fs::write(
+        dir.join("policies/allow-all.yaml"),
+        "rules:\n  - id: test-allow-all\n    effect: allow\n    actions: [\"*\", unknown]\n",
+    )
+    .unwrap();
 }
 
 /// A minimal gate config around one upstream (plain HTTP listener on loopback, admin on loopback).

@@ -1,0 +1,600 @@
+//! Loading policy files: strict parsing, validation against the vocabulary and the configuration
+//! (every error with file:line:col), glob expansion, and warnings for rules that cannot matter.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use serde_saphyr::Location;
+
+use super::model::{Effect, Mode, OneOrMany, PolicyFile, RuleSpec};
+use super::{Facts, PolicySet};
+use crate::config::{closest, Diagnostic, Diagnostics};
+use crate::synapse;
+
+/// What policy files may refer to, from the configuration.
+pub struct PolicyContext<'a> {
+    pub providers: Vec<&'a str>,
+    pub identities: Vec<&'a str>,
+}
+
+/// A compiled rule.
+pub(super) struct Rule {
+    pub id: Arc<str>,
+    pub effect: Effect,
+    pub mode: Mode,
+    pub identity: Option<Arc<str>>,
+    /// Sorted.
+    pub actions: Vec<&'static str>,
+    pub location: String,
+    principal: PrincipalMatch,
+    resources: Vec<(String, Vec<String>)>,
+    request: RequestMatch,
+}
+
+#[derive(Default, PartialEq, Eq, Debug)]
+struct PrincipalMatch {
+    providers: Vec<String>,
+    subjects: Vec<String>,
+    emails: Vec<String>,
+    email_domains: Vec<String>,
+    groups: Vec<String>,
+    roles: Vec<String>,
+    scopes: Vec<String>,
+    client_ids: Vec<String>,
+    claims: Vec<(String, Vec<String>)>,
+}
+
+#[derive(Default, PartialEq, Eq, Debug)]
+struct RequestMatch {
+    methods: Vec<String>,
+    paths: Vec<String>,
+    hosts: Vec<String>,
+    source_ips: Vec<IpNet>,
+}
+
+pub(super) enum IndexKey<'a> {
+    Subjects(&'a [String]),
+    Groups(&'a [String]),
+    None,
+}
+
+fn has_glob(pattern: &str) -> bool {
+    pattern.contains(['*', '?', '[', '{'])
+}
+
+fn any_glob(patterns: &[String], value: &str) -> bool {
+    patterns.iter().any(|p| glob_match::glob_match(p, value))
+}
+
+fn show(values: &[String]) -> String {
+    format!("[{}]", values.join(", "))
+}
+
+impl Rule {
+    pub(super) fn index_key(&self) -> IndexKey<'_> {
+        let p = &self.principal;
+        if !p.subjects.is_empty() && !p.subjects.iter().any(|s| has_glob(s)) {
+            IndexKey::Subjects(&p.subjects)
+        } else if !p.groups.is_empty() {
+            IndexKey::Groups(&p.groups)
+        } else {
+            IndexKey::None
+        }
+    }
+
+    fn is_unconditional(&self) -> bool {
+        self.principal == PrincipalMatch::default()
+            && self.resources.is_empty()
+            && self.request == RequestMatch::default()
+    }
+
+    fn same_conditions(&self, other: &Rule) -> bool {
+        self.principal == other.principal
+            && self.resources == other.resources
+            && self.request == other.request
+    }
+
+    /// `Ok` when every condition holds, else a description of the first that does not.
+    pub(super) fn check(&self, facts: &Facts<'_>) -> Result<(), String> {
+        if self.actions.binary_search(&facts.action).is_err() {
+            return Err(format!(
+                "action `{}` is not one of this rule's actions",
+                facts.action
+            ));
+        }
+        let who = facts.principal;
+        let p = &self.principal;
+        if !p.providers.is_empty() && !p.providers.contains(&who.provider) {
+            return Err(format!(
+                "provider `{}` is not in {}",
+                who.provider,
+                show(&p.providers)
+            ));
+        }
+        if !p.subjects.is_empty() && !any_glob(&p.subjects, &who.sub) {
+            return Err(format!(
+                "subject `{}` matches none of {}",
+                who.sub,
+                show(&p.subjects)
+            ));
+        }
+        let email = who.email.as_deref().map(str::to_ascii_lowercase);
+        if !p.emails.is_empty() && !email.as_deref().is_some_and(|e| any_glob(&p.emails, e)) {
+            return Err(format!(
+                "email {:?} matches none of {}",
+                who.email,
+                show(&p.emails)
+            ));
+        }
+        if !p.email_domains.is_empty() {
+            let domain = email
+                .as_deref()
+                .and_then(|e| e.rsplit_once('@'))
+                .map(|(_, d)| d);
+            if !domain.is_some_and(|d| p.email_domains.iter().any(|x| x == d)) {
+                return Err(format!(
+                    "email domain of {:?} is not in {}",
+                    who.email,
+                    show(&p.email_domains)
+                ));
+            }
+        }
+        let member = |wanted: &[String], held: &[String], what: &str| {
+            if wanted.is_empty() || wanted.iter().any(|w| held.contains(w)) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{what} {} include none of {}",
+                    show(held),
+                    show(wanted)
+                ))
+            }
+        };
+        member(&p.groups, &who.groups, "groups")?;
+        member(&p.roles, &who.roles, "roles")?;
+        member(&p.scopes, &who.scopes, "scopes")?;
+        if !p.client_ids.is_empty()
+            && !who
+                .client_id
+                .as_ref()
+                .is_some_and(|c| p.client_ids.contains(c))
+        {
+            return Err(format!(
+                "client id {:?} is not in {}",
+                who.client_id,
+                show(&p.client_ids)
+            ));
+        }
+        for (claim, accepted) in &p.claims {
+            let matches =
+                |v: &serde_json::Value| v.as_str().is_some_and(|s| accepted.iter().any(|a| a == s));
+            let ok = match who.claims.get(claim) {
+                Some(serde_json::Value::Array(items)) => items.iter().any(matches),
+                Some(value) => matches(value),
+                None => false,
+            };
+            if !ok {
+                return Err(format!("claim `{claim}` is not one of {}", show(accepted)));
+            }
+        }
+        for (attribute, patterns) in &self.resources {
+            match facts.resource.get(attribute) {
+                Some(value) if any_glob(patterns, value) => {}
+                Some(value) => {
+                    return Err(format!(
+                        "resource {attribute} `{value}` matches none of {}",
+                        show(patterns)
+                    ))
+                }
+                None => return Err(format!("the request has no resource {attribute}")),
+            }
+        }
+        let r = &self.request;
+        if !r.methods.is_empty()
+            && !r
+                .methods
+                .iter()
+                .any(|m| m.eq_ignore_ascii_case(facts.method))
+        {
+            return Err(format!(
+                "method {} is not in {}",
+                facts.method,
+                show(&r.methods)
+            ));
+        }
+        if !r.paths.is_empty() && !any_glob(&r.paths, facts.path) {
+            return Err(format!(
+                "path `{}` matches none of {}",
+                facts.path,
+                show(&r.paths)
+            ));
+        }
+        if !r.hosts.is_empty() {
+            let host = facts.host.map(str::to_ascii_lowercase).unwrap_or_default();
+            if !any_glob(&r.hosts, &host) {
+                return Err(format!("host `{host}` matches none of {}", show(&r.hosts)));
+            }
+        }
+        if !r.source_ips.is_empty()
+            && !facts
+                .source_ip
+                .is_some_and(|ip| r.source_ips.iter().any(|n| n.contains(&ip)))
+        {
+            return Err(format!(
+                "source address {:?} is in none of the rule's networks",
+                facts.source_ip
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A file being compiled: its path and text, for positioned errors.
+struct Source<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn at(&self, location: Location, message: impl Into<String>) -> Diagnostic {
+        Diagnostic::at(self.path, self.text, location, message)
+    }
+}
+
+/// Loads every `*.yaml` / `*.yml` file of `dir` in file-name order. With `required`, a missing
+/// directory is an error; otherwise it is an empty policy set (which denies everything).
+pub fn load(
+    dir: &Path,
+    required: bool,
+    context: &PolicyContext<'_>,
+) -> Result<PolicySet, Diagnostics> {
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml"))
+            })
+            .collect(),
+        Err(error) if !required && error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(error) => {
+            return Err(Diagnostic::whole_file(
+                dir,
+                format!("cannot read the policy directory: {error}"),
+            )
+            .into())
+        }
+    };
+    files.sort();
+
+    let vocabulary: Vec<&'static str> = synapse::action_names().collect();
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+    let mut rules: Vec<Rule> = Vec::new();
+    let mut rule_ids: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    let mut tests = Vec::new();
+    for path in &files {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(error) => {
+                problems.push(Diagnostic::whole_file(
+                    path,
+                    format!("cannot read the file: {error}"),
+                ));
+                continue;
+            }
+        };
+        if text.trim().is_empty() {
+            continue;
+        }
+        let parsed: PolicyFile = match serde_saphyr::from_str(&text) {
+            Ok(parsed) => parsed,
+            Err(error) => {
+                problems.push(Diagnostic::from_yaml(path, &text, &error));
+                continue;
+            }
+        };
+        let source = Source { path, text: &text };
+        for spec in parsed.rules {
+            let location = format!("{}:{}", path.display(), spec.id.referenced.line());
+            if let Some(first) = rule_ids.insert(spec.id.value.clone(), location.clone()) {
+                problems.push(source.at(
+                    spec.id.referenced,
+                    format!(
+                        "rule id `{}` is already used at {first}; rule ids are unique across files",
+                        spec.id.value
+                    ),
+                ));
+                continue;
+            }
+            match compile_rule(spec, &source, &vocabulary, context, location) {
+                Ok(rule) => rules.push(rule),
+                Err(mut errors) => problems.append(&mut errors),
+            }
+        }
+        for test in parsed.tests {
+            if !context
+                .providers
+                .contains(&test.principal.provider.as_str())
+            {
+                let known = closest(&test.principal.provider, context.providers.iter().copied());
+                let diagnostic = source.at(
+                    test.name.referenced,
+                    format!(
+                        "test `{}` names provider `{}`, which is not configured",
+                        test.name.value, test.principal.provider
+                    ),
+                );
+                problems.push(match known {
+                    Some(k) => diagnostic.with_help(format!("did you mean `{k}`?")),
+                    None => diagnostic,
+                });
+                continue;
+            }
+            tests.push((path.clone(), test));
+        }
+        warnings.extend(never_matching(&rules, &source));
+    }
+    if !problems.is_empty() {
+        return Err(Diagnostics(problems));
+    }
+    warnings.extend(shadowed_allows(&rules));
+    Ok(PolicySet::new(rules, tests, warnings, files.len()))
+}
+
+fn compile_rule(
+    spec: RuleSpec,
+    source: &Source<'_>,
+    vocabulary: &[&'static str],
+    context: &PolicyContext<'_>,
+    location: String,
+) -> Result<Rule, Vec<Diagnostic>> {
+    let mut problems = Vec::new();
+    let at_id = spec.id.referenced;
+    if spec.id.value.trim().is_empty() {
+        problems.push(source.at(at_id, "a rule id cannot be empty"));
+    }
+
+    let mut actions: Vec<&'static str> = Vec::new();
+    let patterns: Vec<(String, Location)> = match spec.actions {
+        Some(list) => list.into_iter().map(|a| (a.value, a.referenced)).collect(),
+        None => vec![("*".to_owned(), at_id)],
+    };
+    for (pattern, at) in patterns {
+        let matched: Vec<&'static str> = if pattern == synapse::UNKNOWN {
+            vec![synapse::UNKNOWN]
+        } else {
+            vocabulary
+                .iter()
+                .copied()
+                .filter(|action| {
+                    *action != synapse::UNKNOWN && glob_match::glob_match(&pattern, action)
+                })
+                .collect()
+        };
+        if matched.is_empty() {
+            let diagnostic = source.at(at, format!("`{pattern}` matches no action"));
+            problems.push(match closest(&pattern, vocabulary.iter().copied()) {
+                Some(best) => diagnostic.with_help(format!(
+                    "did you mean `{best}`? (`synapse-gate actions` lists them all)"
+                )),
+                None => diagnostic.with_help("`synapse-gate actions` lists the vocabulary"),
+            });
+        }
+        actions.extend(matched);
+    }
+    actions.sort_unstable();
+    actions.dedup();
+
+    let identity = match spec.identity {
+        None => None,
+        Some(identity) if context.identities.contains(&identity.value.as_str()) => {
+            Some(Arc::from(identity.value.as_str()))
+        }
+        Some(identity) => {
+            let diagnostic = source.at(
+                identity.referenced,
+                format!(
+                    "identity `{}` is not defined in the configuration's `identities`",
+                    identity.value
+                ),
+            );
+            problems.push(
+                match closest(&identity.value, context.identities.iter().copied()) {
+                    Some(best) => diagnostic.with_help(format!("did you mean `{best}`?")),
+                    None => diagnostic,
+                },
+            );
+            None
+        }
+    };
+    if spec.effect == Effect::Deny && identity.is_some() {
+        problems.push(source.at(at_id, "a deny rule cannot name an identity"));
+    }
+
+    let principals = spec.principals;
+    let providers = match principals.provider {
+        None => Vec::new(),
+        Some(providers) => {
+            let names = providers.value.into_vec();
+            for name in &names {
+                if !context.providers.contains(&name.as_str()) {
+                    let diagnostic = source.at(
+                        providers.referenced,
+                        format!("provider `{name}` is not configured"),
+                    );
+                    problems.push(match closest(name, context.providers.iter().copied()) {
+                        Some(best) => diagnostic.with_help(format!("did you mean `{best}`?")),
+                        None => diagnostic,
+                    });
+                }
+            }
+            names
+        }
+    };
+    let list = |value: Option<OneOrMany>| value.map(OneOrMany::into_vec).unwrap_or_default();
+    let lower = |value: Option<OneOrMany>| {
+        list(value)
+            .into_iter()
+            .map(|v| v.to_ascii_lowercase())
+            .collect::<Vec<_>>()
+    };
+    let principal = PrincipalMatch {
+        providers,
+        subjects: list(principals.subject),
+        emails: lower(principals.email),
+        email_domains: lower(principals.email_domain),
+        groups: list(principals.groups),
+        roles: list(principals.roles),
+        scopes: list(principals.scopes),
+        client_ids: list(principals.client_id),
+        claims: principals
+            .claims
+            .into_iter()
+            .map(|(k, v)| (k, v.into_vec()))
+            .collect(),
+    };
+
+    let known_attributes = synapse::attribute_names();
+    let mut resources = Vec::new();
+    for (attribute, values) in spec.resources {
+        if !known_attributes.contains(&attribute.as_str()) {
+            let diagnostic = source.at(
+                values.referenced,
+                format!("unknown resource attribute `{attribute}`"),
+            );
+            problems.push(
+                match closest(&attribute, known_attributes.iter().copied()) {
+                    Some(best) => diagnostic.with_help(format!("did you mean `{best}`?")),
+                    None => diagnostic
+                        .with_help(format!("known attributes: {}", known_attributes.join(", "))),
+                },
+            );
+            continue;
+        }
+        resources.push((attribute, values.value.into_vec()));
+    }
+
+    let request = spec.request;
+    let mut source_ips = Vec::new();
+    if let Some(networks) = request.source_ips {
+        for network in networks.value.into_vec() {
+            let parsed = network
+                .parse::<IpNet>()
+                .or_else(|_| network.parse::<IpAddr>().map(IpNet::from));
+            match parsed {
+                Ok(net) => source_ips.push(net),
+                Err(_) => problems.push(source.at(
+                    networks.referenced,
+                    format!("`{network}` is not an IP address or CIDR block (e.g. `10.0.0.0/8`)"),
+                )),
+            }
+        }
+    }
+    let request = RequestMatch {
+        methods: list(request.methods)
+            .into_iter()
+            .map(|m| m.to_ascii_uppercase())
+            .collect(),
+        paths: list(request.paths),
+        hosts: lower(request.hosts),
+        source_ips,
+    };
+
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let _ = spec.description;
+    Ok(Rule {
+        id: Arc::from(spec.id.value.as_str()),
+        effect: spec.effect,
+        mode: spec.mode,
+        identity,
+        actions,
+        location,
+        principal,
+        resources,
+        request,
+    })
+}
+
+/// Rules whose resource conditions name an attribute (or a `kind`) that none of their actions
+/// can produce.
+fn never_matching(rules: &[Rule], source: &Source<'_>) -> Vec<Diagnostic> {
+    let mut warnings = Vec::new();
+    let file_prefix = format!("{}:", source.path.display());
+    for rule in rules
+        .iter()
+        .filter(|r| r.location.starts_with(&file_prefix))
+    {
+        for (attribute, patterns) in &rule.resources {
+            let possible = rule.actions.iter().any(|action| {
+                synapse::action_attributes(action)
+                    .iter()
+                    .any(|(name, constant)| {
+                        *name == attribute && constant.is_none_or(|value| any_glob(patterns, value))
+                    })
+            });
+            if !possible {
+                let line = rule
+                    .location
+                    .rsplit(':')
+                    .next()
+                    .and_then(|l| l.parse().ok())
+                    .unwrap_or(0);
+                warnings.push(Diagnostic::warning(
+                    source.path,
+                    line,
+                    format!(
+                        "rule `{}` can never match: none of its actions has a resource {attribute} matching {}",
+                        rule.id,
+                        show(patterns)
+                    ),
+                ));
+            }
+        }
+    }
+    warnings
+}
+
+/// Allows that an enforced deny always overrides: the deny has no conditions beyond the allow's
+/// and covers all of its actions.
+fn shadowed_allows(rules: &[Rule]) -> Vec<Diagnostic> {
+    let mut warnings = Vec::new();
+    for allow in rules
+        .iter()
+        .filter(|r| r.effect == Effect::Allow && r.mode == Mode::Enforce)
+    {
+        let shadowing = rules.iter().find(|deny| {
+            deny.effect == Effect::Deny
+                && deny.mode == Mode::Enforce
+                && (deny.is_unconditional() || deny.same_conditions(allow))
+                && allow
+                    .actions
+                    .iter()
+                    .all(|a| deny.actions.binary_search(a).is_ok())
+        });
+        if let Some(deny) = shadowing {
+            let (file, line) = split_location(&allow.location);
+            warnings.push(Diagnostic::warning(
+                &file,
+                line,
+                format!(
+                    "allow rule `{}` can never take effect: deny rule `{}` ({}) matches every request it matches",
+                    allow.id, deny.id, deny.location
+                ),
+            ));
+        }
+    }
+    warnings
+}
+
+fn split_location(location: &str) -> (PathBuf, u64) {
+    match location.rsplit_once(':') {
+        Some((file, line)) => (PathBuf::from(file), line.parse().unwrap_or(0)),
+        None => (PathBuf::from(location), 0),
+    }
+}

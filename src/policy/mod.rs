@@ -1,0 +1,266 @@
+//! Authorize: the policy set decides allow or deny for a principal, an action and its resource,
+//! names the deciding rule and the workload identity to act as.
+//!
+//! Semantics: default deny; an enforced deny beats any allow; among allows the first by file name
+//! then rule order picks the identity; shadow rules are evaluated and reported, never enforced.
+//! Rules are indexed by action (globs are expanded against the vocabulary at load time) and by
+//! the principal's groups or subject, so a decision looks at a handful of rules, not all of them.
+
+mod compile;
+mod model;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+pub use compile::{load, PolicyContext};
+pub use model::{Effect, Mode, TestPrincipal, TestSpec};
+
+use crate::authn::Principal;
+use crate::config::Diagnostic;
+use crate::synapse::Resource;
+use compile::Rule;
+
+/// What a decision looks at.
+pub struct Facts<'a> {
+    pub principal: &'a Principal,
+    pub action: &'a str,
+    pub resource: &'a Resource,
+    pub method: &'a str,
+    /// The forwarded path (route prefix removed), without query.
+    pub path: &'a str,
+    /// The host the client used (port removed).
+    pub host: Option<&'a str>,
+    pub source_ip: Option<IpAddr>,
+}
+
+/// The outcome of evaluating the policy set.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Decision {
+    pub effect: Effect,
+    /// The deciding rule; `None` for the default deny.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<Arc<str>>,
+    /// The workload identity of the deciding allow rule.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<Arc<str>>,
+    /// Shadow rules that matched (they do not change the outcome).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shadow: Vec<ShadowMatch>,
+}
+
+/// A shadow rule that matched a request.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(transparent)]
+pub struct ShadowMatch {
+    pub rule: Arc<str>,
+    #[serde(skip)]
+    pub effect: Effect,
+}
+
+impl Decision {
+    pub fn is_allowed(&self) -> bool {
+        self.effect == Effect::Allow
+    }
+}
+
+/// Rules with one action in common, split by the principal attribute they are keyed on.
+#[derive(Default)]
+struct Bucket {
+    by_group: HashMap<Box<str>, Vec<u32>>,
+    by_subject: HashMap<Box<str>, Vec<u32>>,
+    rest: Vec<u32>,
+}
+
+/// A compiled, immutable set of rules and their tests.
+pub struct PolicySet {
+    rules: Vec<Rule>,
+    index: HashMap<&'static str, Bucket>,
+    tests: Vec<(std::path::PathBuf, TestSpec)>,
+    /// Problems that do not stop loading (rules that can never match, shadowed allows).
+    pub warnings: Vec<Diagnostic>,
+    /// How many files were loaded.
+    pub file_count: usize,
+}
+
+impl PolicySet {
+    fn new(
+        rules: Vec<Rule>,
+        tests: Vec<(std::path::PathBuf, TestSpec)>,
+        warnings: Vec<Diagnostic>,
+        file_count: usize,
+    ) -> Self {
+        let mut index: HashMap<&'static str, Bucket> = HashMap::new();
+        for (position, rule) in rules.iter().enumerate() {
+            let position = u32::try_from(position).unwrap_or(u32::MAX);
+            for action in &rule.actions {
+                let bucket = index.entry(action).or_default();
+                match rule.index_key() {
+                    compile::IndexKey::Subjects(subjects) => {
+                        for subject in subjects {
+                            bucket
+                                .by_subject
+                                .entry(subject.as_str().into())
+                                .or_default()
+                                .push(position);
+                        }
+                    }
+                    compile::IndexKey::Groups(groups) => {
+                        for group in groups {
+                            bucket
+                                .by_group
+                                .entry(group.as_str().into())
+                                .or_default()
+                                .push(position);
+                        }
+                    }
+                    compile::IndexKey::None => bucket.rest.push(position),
+                }
+            }
+        }
+        Self {
+            rules,
+            index,
+            tests,
+            warnings,
+            file_count,
+        }
+    }
+
+    /// The number of rules.
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// The tests written in the policy files, with their file.
+    pub fn tests(&self) -> &[(std::path::PathBuf, TestSpec)] {
+        &self.tests
+    }
+
+    /// Decides one request.
+    pub fn decide(&self, facts: &Facts<'_>) -> Decision {
+        let mut allow: Option<u32> = None;
+        let mut deny: Option<u32> = None;
+        let mut shadow: Vec<u32> = Vec::new();
+        if let Some(bucket) = self.index.get(facts.action) {
+            let mut visit = |positions: &[u32]| {
+                for &position in positions {
+                    let Some(rule) = self.rules.get(position as usize) else {
+                        continue;
+                    };
+                    let best = match (rule.mode, rule.effect) {
+                        (Mode::Shadow, _) => None,
+                        (Mode::Enforce, Effect::Allow) => Some(&mut allow),
+                        (Mode::Enforce, Effect::Deny) => Some(&mut deny),
+                    };
+                    // A later rule cannot beat an earlier one of the same effect: skip the work.
+                    if let Some(Some(current)) = best.as_deref() {
+                        if *current < position {
+                            continue;
+                        }
+                    }
+                    if rule.check(facts).is_err() {
+                        continue;
+                    }
+                    match best {
+                        Some(slot) => *slot = Some(slot.map_or(position, |c| c.min(position))),
+                        None => shadow.push(position),
+                    }
+                }
+            };
+            visit(&bucket.rest);
+            for group in &facts.principal.groups {
+                if let Some(positions) = bucket.by_group.get(group.as_str()) {
+                    visit(positions);
+                }
+            }
+            if let Some(positions) = bucket.by_subject.get(facts.principal.sub.as_str()) {
+                visit(positions);
+            }
+        }
+        shadow.sort_unstable();
+        shadow.dedup();
+        let shadow = shadow
+            .iter()
+            .filter_map(|&p| self.rules.get(p as usize))
+            .map(|r| ShadowMatch {
+                rule: r.id.clone(),
+                effect: r.effect,
+            })
+            .collect();
+        let rule_at = |position: u32| self.rules.get(position as usize);
+        match (deny.and_then(rule_at), allow.and_then(rule_at)) {
+            (Some(rule), _) => Decision {
+                effect: Effect::Deny,
+                rule: Some(rule.id.clone()),
+                identity: None,
+                shadow,
+            },
+            (None, Some(rule)) => Decision {
+                effect: Effect::Allow,
+                rule: Some(rule.id.clone()),
+                identity: rule.identity.clone(),
+                shadow,
+            },
+            (None, None) => Decision {
+                effect: Effect::Deny,
+                rule: None,
+                identity: None,
+                shadow,
+            },
+        }
+    }
+
+    /// The decision plus, for every rule in order, whether it matched or the first condition
+    /// that failed — for `synapse-gate explain` and failing policy tests.
+    pub fn explain(&self, facts: &Facts<'_>) -> (Decision, Vec<RuleTrace>) {
+        let decision = self.decide(facts);
+        let traces = self
+            .rules
+            .iter()
+            .map(|rule| RuleTrace {
+                rule: rule.id.clone(),
+                effect: rule.effect,
+                mode: rule.mode,
+                location: rule.location.clone(),
+                outcome: rule.check(facts),
+            })
+            .collect();
+        (decision, traces)
+    }
+}
+
+/// How one rule fared for one request.
+#[derive(Debug, Clone)]
+pub struct RuleTrace {
+    pub rule: Arc<str>,
+    pub effect: Effect,
+    pub mode: Mode,
+    /// `file:line`.
+    pub location: String,
+    /// `Ok` when every condition matched, else the first that did not.
+    pub outcome: Result<(), String>,
+}
+
+impl std::fmt::Display for RuleTrace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let effect = match (self.effect, self.mode) {
+            (Effect::Allow, Mode::Enforce) => "allow",
+            (Effect::Deny, Mode::Enforce) => "deny",
+            (Effect::Allow, Mode::Shadow) => "allow (shadow)",
+            (Effect::Deny, Mode::Shadow) => "deny (shadow)",
+        };
+        match &self.outcome {
+            Ok(()) => write!(
+                f,
+                "  ✓ {} [{effect}] matched ({})",
+                self.rule, self.location
+            ),
+            Err(why) => write!(f, "  ✗ {} [{effect}] {why} ({})", self.rule, self.location),
+        }
+    }
+}
