@@ -49,6 +49,61 @@ impl Body for Failed {
     }
 }
 
+/// Wraps a request body so the sender learns when it has been sent completely: the upstream's
+/// response-header timeout starts then, so a slow client is never blamed on the upstream.
+pub struct SignalOnEnd<B> {
+    inner: B,
+    done: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl<B: Body> SignalOnEnd<B> {
+    /// The wrapped body and a receiver that completes once the body has ended (or been dropped).
+    pub fn new(inner: B) -> (Self, tokio::sync::oneshot::Receiver<()>) {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let mut wrapped = Self {
+            inner,
+            done: Some(sender),
+        };
+        if wrapped.inner.is_end_stream() {
+            wrapped.finish();
+        }
+        (wrapped, receiver)
+    }
+
+    fn finish(&mut self) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(());
+        }
+    }
+}
+
+impl<B> Body for SignalOnEnd<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.finish();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Data already read from a body, followed by the rest of it: used when a response was read
 /// ahead (to inspect it) but turned out too large to hold, so it streams on untouched.
 pub struct Prefixed<B> {

@@ -155,6 +155,12 @@ pub fn absolute_base_url(value: &str) -> Result<http::Uri, String> {
 }
 
 fn check_providers(loaded: &LoadedConfig, report: &mut impl FnMut(serde_saphyr::Location, String)) {
+    if loaded.config.providers.is_empty() {
+        report(
+            serde_saphyr::Location::UNKNOWN,
+            "`providers` is empty: the gate forwards only authenticated requests, so at least one OpenID Connect provider must be configured".into(),
+        );
+    }
     let mut names = HashMap::new();
     let mut issuers = HashMap::new();
     for provider in &loaded.config.providers {

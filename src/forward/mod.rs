@@ -17,7 +17,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::body::{Prefixed, RequestBody, ResponseBody};
+use crate::body::{Prefixed, RequestBody, ResponseBody, SignalOnEnd};
 use crate::config::{UpstreamConfig, UpstreamKind};
 use crate::tls::{self, TlsError};
 
@@ -140,11 +140,21 @@ impl Forwarder {
         prepare_request_headers(&mut parts.headers, &outbound);
 
         let started = Instant::now();
-        let sent = tokio::time::timeout(
-            self.response_header_timeout,
-            self.client.request(Request::from_parts(parts, body)),
-        )
-        .await;
+        let (body, body_sent) = SignalOnEnd::new(body);
+        let exchange = self
+            .client
+            .request(Request::from_parts(parts, body.boxed_unsync()));
+        tokio::pin!(exchange);
+        // The response-header timeout runs from the end of the request body: an upstream cannot
+        // answer before it has the whole request, and a slow client is not the upstream's fault.
+        let early = tokio::select! {
+            response = &mut exchange => Some(response),
+            _ = body_sent => None,
+        };
+        let sent = match early {
+            Some(response) => Ok(response),
+            None => tokio::time::timeout(self.response_header_timeout, exchange).await,
+        };
         let upstream_duration = started.elapsed();
         let response = match sent {
             Err(_elapsed) => {
