@@ -10,6 +10,7 @@ use http_body_util::{BodyExt, Full};
 use crate::authn::AuthnError;
 use crate::body::ResponseBody;
 use crate::forward::ForwardError;
+use crate::identity::IdentityError;
 use crate::route::RouteError;
 
 /// A request the gate refuses to serve or cannot complete.
@@ -28,6 +29,8 @@ pub enum GateError {
     #[error("{}", denial_message(.rule.as_deref()))]
     Denied { rule: Option<std::sync::Arc<str>> },
     #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
     Forward(#[from] ForwardError),
 }
 
@@ -43,6 +46,10 @@ impl GateError {
             GateError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GateError::AmbiguousPath(_) => StatusCode::BAD_REQUEST,
             GateError::Denied { .. } => StatusCode::FORBIDDEN,
+            GateError::Identity(
+                IdentityError::Unavailable { .. } | IdentityError::NoScope { .. },
+            ) => StatusCode::SERVICE_UNAVAILABLE,
+            GateError::Identity(IdentityError::ClaimsChallenge { .. }) => StatusCode::UNAUTHORIZED,
             GateError::Authn(AuthnError::InvalidRequest(_)) => StatusCode::BAD_REQUEST,
             GateError::Authn(AuthnError::Missing(_) | AuthnError::Invalid { .. }) => {
                 StatusCode::UNAUTHORIZED
@@ -64,6 +71,9 @@ impl GateError {
             | GateError::Forward(ForwardError::BodyTooLarge { .. }) => "PayloadTooLarge",
             GateError::AmbiguousPath(_) => "AmbiguousPath",
             GateError::Denied { .. } => "PolicyDenied",
+            GateError::Identity(IdentityError::Unavailable { .. }) => "WorkloadIdentityUnavailable",
+            GateError::Identity(IdentityError::NoScope { .. }) => "WorkloadIdentityMisconfigured",
+            GateError::Identity(IdentityError::ClaimsChallenge { .. }) => "ClaimsChallenge",
             GateError::Authn(AuthnError::InvalidRequest(_)) => "InvalidRequest",
             GateError::Authn(AuthnError::Missing(_) | AuthnError::Invalid { .. }) => "Unauthorized",
             GateError::Authn(AuthnError::Unavailable { .. }) => "IdentityProviderUnavailable",

@@ -18,6 +18,7 @@ pub struct Gate {
     snapshot: ArcSwap<Snapshot>,
     pub metrics: Metrics,
     key_stores: KeyStores,
+    pub tokens: crate::identity::TokenBroker,
     draining: AtomicBool,
 }
 
@@ -25,6 +26,7 @@ impl Gate {
     /// Loads the configuration at `config_path`. Key fetching starts with [`Gate::activate`].
     pub fn load(config_path: &Path, metrics: Metrics) -> Result<Arc<Self>, Diagnostics> {
         let key_stores = KeyStores::new(metrics.jwks_refresh.clone());
+        let tokens = crate::identity::TokenBroker::new(metrics.identity.clone());
         let snapshot = Snapshot::load(config_path, &key_stores, &metrics)?;
         metrics.record_reload(true);
         Ok(Arc::new(Self {
@@ -32,6 +34,7 @@ impl Gate {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
             key_stores,
+            tokens,
             draining: AtomicBool::new(false),
         }))
     }

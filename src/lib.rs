@@ -13,6 +13,7 @@ pub mod config;
 pub mod error;
 pub mod forward;
 pub mod gate;
+pub mod identity;
 pub mod listener;
 pub mod metrics;
 pub mod outbound;

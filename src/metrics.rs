@@ -24,6 +24,7 @@ pub struct Metrics {
     pub authn_failures: IntCounterVec,
     pub jwks_refresh: IntCounterVec,
     pub policy_decisions: IntCounterVec,
+    pub identity: crate::identity::IdentityMetrics,
 }
 
 impl Metrics {
@@ -83,6 +84,28 @@ impl Metrics {
             ),
             &["rule", "effect", "mode"],
         )?;
+        let token_requests = IntCounterVec::new(
+            Opts::new("token_requests_total", "Workload-token requests to Entra or another token endpoint, by identity and outcome."),
+            &["identity", "outcome"],
+        )?;
+        let token_cache_hits = IntCounterVec::new(
+            Opts::new(
+                "token_cache_hits_total",
+                "Workload tokens served from the cache, by identity.",
+            ),
+            &["identity"],
+        )?;
+        let token_expiry = prometheus::GaugeVec::new(
+            Opts::new("token_expiry_seconds", "Seconds until the cached workload token of an identity expires (as of its last use)."),
+            &["identity"],
+        )?;
+        let secret_refreshes = IntCounterVec::new(
+            Opts::new(
+                "secret_refresh_total",
+                "Key Vault secret reads, by outcome.",
+            ),
+            &["outcome"],
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "build_info",
@@ -106,6 +129,10 @@ impl Metrics {
         registry.register(Box::new(authn_failures.clone()))?;
         registry.register(Box::new(jwks_refresh.clone()))?;
         registry.register(Box::new(policy_decisions.clone()))?;
+        registry.register(Box::new(token_requests.clone()))?;
+        registry.register(Box::new(token_cache_hits.clone()))?;
+        registry.register(Box::new(token_expiry.clone()))?;
+        registry.register(Box::new(secret_refreshes.clone()))?;
         registry.register(Box::new(build_info))?;
         Ok(Self {
             registry,
@@ -118,6 +145,12 @@ impl Metrics {
             authn_failures,
             jwks_refresh,
             policy_decisions,
+            identity: crate::identity::IdentityMetrics {
+                requests: token_requests,
+                hits: token_cache_hits,
+                expiry: token_expiry,
+                secret_refreshes,
+            },
         })
     }
 

@@ -11,14 +11,16 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
+use crate::authn::Principal;
 use crate::body::ResponseBody;
 use crate::config::UpstreamKind;
 use crate::error::GateError;
 use crate::forward::{ForwardedFacts, Outbound};
 use crate::gate::Gate;
+use crate::identity::{IdentityError, TokenBroker};
 use crate::metrics::Metrics;
 use crate::policy::{Decision, Effect, Facts};
-use crate::snapshot::{ListenSettings, Snapshot};
+use crate::snapshot::{ListenSettings, Snapshot, Upstream};
 use crate::synapse;
 
 /// Facts about the connection a request arrived on.
@@ -61,6 +63,7 @@ pub async fn handle(
     let mut response = match process(
         &snapshot,
         &gate.metrics,
+        &gate.tokens,
         &connection,
         &request_id,
         request,
@@ -84,6 +87,7 @@ pub async fn handle(
 async fn process(
     snapshot: &Snapshot,
     metrics: &Metrics,
+    tokens: &TokenBroker,
     connection: &Connection,
     request_id: &str,
     request: Request<Incoming>,
@@ -135,6 +139,21 @@ async fn process(
         });
     }
 
+    let authorization = match &decision.identity {
+        None => None,
+        Some(name) => Some(
+            workload_token(
+                snapshot,
+                tokens,
+                &upstream,
+                name,
+                &principal,
+                request.headers(),
+            )
+            .await?,
+        ),
+    };
+
     let path_and_query = match request.uri().query() {
         Some(query) => format!("{}?{query}", routed.path),
         None => routed.path.to_owned(),
@@ -164,6 +183,7 @@ async fn process(
                 },
                 external_base: &external_base,
                 max_body_bytes: listen.max_body_bytes,
+                authorization,
             },
         )
         .await?;
@@ -265,6 +285,49 @@ fn observe(metrics: &Metrics, record: &Record, status: http::StatusCode, started
             .with_label_values(&[record.upstream.as_str()])
             .observe(seconds);
     }
+}
+
+/// The `Authorization` value for the upstream: a token for the upstream's scope as `identity`.
+async fn workload_token(
+    snapshot: &Snapshot,
+    tokens: &TokenBroker,
+    upstream: &Upstream,
+    identity: &str,
+    principal: &Principal,
+    headers: &http::HeaderMap,
+) -> Result<HeaderValue, GateError> {
+    let scope = upstream
+        .scope
+        .as_deref()
+        .ok_or_else(|| IdentityError::NoScope {
+            upstream: upstream.name.clone(),
+        })?;
+    let identity = snapshot
+        .identities
+        .get(identity)
+        .ok_or_else(|| IdentityError::Unavailable {
+            identity: identity.to_owned(),
+            retry_after: 5,
+        })?;
+    // Per-user identities (on-behalf-of) exchange the caller's own token, cached per user.
+    let caller_token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' ').map(|(_, token)| token.trim()));
+    let user_key = format!("{}\n{}", principal.iss, principal.sub);
+    let caller = identity
+        .is_per_user()
+        .then_some(caller_token.map(|token| (user_key.as_str(), token)))
+        .flatten();
+    let token = tokens
+        .token(&snapshot.identities, identity, scope, caller)
+        .await?;
+    HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+        GateError::Identity(IdentityError::Unavailable {
+            identity: identity.name.clone(),
+            retry_after: 5,
+        })
+    })
 }
 
 fn count_decision(metrics: &Metrics, decision: &Decision) {

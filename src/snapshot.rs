@@ -12,8 +12,12 @@ use rustls::ServerConfig;
 use crate::authn::{Authenticator, KeyStores};
 use crate::config::{self, Diagnostic, Diagnostics, LoadedConfig, UpstreamKind};
 use crate::forward::Forwarder;
+use crate::identity::Identities;
 use crate::metrics::Metrics;
 use crate::policy::{PolicyContext, PolicySet};
+
+/// The scope of Synapse development-endpoint tokens.
+pub const SYNAPSE_SCOPE: &str = "https://dev.azuresynapse.net/.default";
 use crate::route::Router;
 
 /// An upstream as the request path uses it.
@@ -22,6 +26,8 @@ pub struct Upstream {
     pub kind: UpstreamKind,
     /// The `workspace` resource attribute of requests sent here.
     pub workspace: Option<String>,
+    /// OAuth scope of workload tokens for this upstream.
+    pub scope: Option<String>,
     pub forwarder: Forwarder,
 }
 
@@ -54,12 +60,22 @@ pub struct Snapshot {
     pub router: Router<Upstream>,
     pub authenticator: Authenticator,
     pub policies: PolicySet,
+    pub identities: Arc<Identities>,
     upstream_names: Vec<String>,
+    upstream_scopes: Vec<String>,
     /// Directories whose changes trigger a reload: the config file's and every referenced file's.
     pub watched_dirs: Vec<PathBuf>,
 }
 
 impl Snapshot {
+    /// Every distinct workload-token scope of the upstreams.
+    pub fn scopes(&self) -> Vec<String> {
+        let mut scopes: Vec<String> = self.upstream_scopes.clone();
+        scopes.sort();
+        scopes.dedup();
+        scopes
+    }
+
     /// The configured upstreams' names, in file order.
     pub fn router_names(&self) -> &[String] {
         &self.upstream_names
@@ -154,6 +170,10 @@ impl Snapshot {
                                 .then(|| workspace_from_url(&upstream.url.value))
                                 .flatten()
                         }),
+                        scope: upstream.scope.clone().or_else(|| {
+                            (upstream.kind == UpstreamKind::SynapseDev)
+                                .then(|| SYNAPSE_SCOPE.to_owned())
+                        }),
                         forwarder,
                     }),
                 )),
@@ -183,6 +203,9 @@ impl Snapshot {
             }
         }
 
+        if let Some(ca) = &config.azure.ca_file {
+            watch(&loaded.resolve_path(&ca.value));
+        }
         let policy_dir = loaded.policy_dir();
         watched_dirs.push(policy_dir.clone());
         let context = PolicyContext {
@@ -201,13 +224,21 @@ impl Snapshot {
             }
         };
 
+        let identities = match Identities::build(&loaded) {
+            Ok(identities) => Some(identities),
+            Err(mut errors) => {
+                problems.append(&mut errors);
+                None
+            }
+        };
+
         let parse_address = |value: &str| value.parse::<SocketAddr>().ok();
         let address = parse_address(&config.listen.address.value);
         if !problems.is_empty() {
             return Err(Diagnostics(problems));
         }
-        let (Some(address), Some(authenticator), Some(policies)) =
-            (address, authenticator, policies)
+        let (Some(address), Some(authenticator), Some(policies), Some(identities)) =
+            (address, authenticator, policies, identities)
         else {
             return Err(Diagnostic::at(
                 &loaded.path,
@@ -248,9 +279,14 @@ impl Snapshot {
                 .and_then(|a| parse_address(&a.address.value)),
             provider_count: config.providers.len(),
             upstream_names: routes.iter().map(|(_, _, u)| u.name.clone()).collect(),
+            upstream_scopes: routes
+                .iter()
+                .filter_map(|(_, _, u)| u.scope.clone())
+                .collect(),
             router: Router::new(routes),
             authenticator,
             policies,
+            identities,
             config_path: loaded.path,
             watched_dirs,
         })

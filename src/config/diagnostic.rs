@@ -67,6 +67,12 @@ impl Diagnostic {
         }
     }
 
+    /// The same diagnostic as an error.
+    pub fn into_error(mut self) -> Self {
+        self.is_warning = false;
+        self
+    }
+
     /// Adds a hint shown under the snippet.
     pub fn with_help(mut self, help: impl Into<String>) -> Self {
         self.help = Some(help.into());

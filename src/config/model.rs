@@ -24,6 +24,9 @@ pub struct GateConfig {
     /// OpenID Connect providers whose tokens are accepted from callers.
     #[serde(default)]
     pub providers: Vec<ProviderConfig>,
+    /// Entra endpoints and trust for the identities (defaults are Azure's public cloud).
+    #[serde(default)]
+    pub azure: AzureSettings,
     /// The workload identities the gate acts as upstream, by name (policies pick one per request).
     #[serde(default)]
     pub identities: BTreeMap<String, IdentityConfig>,
@@ -47,6 +50,82 @@ pub enum IdentityConfig {
     AzureManagedIdentity(ManagedIdentity),
     /// On-behalf-of: the caller's own Entra token exchanged, so Synapse sees the real user.
     AzureOnBehalfOf(AzureApplication),
+    /// OAuth 2.0 client credentials at any token endpoint (non-Azure upstreams), optionally as an
+    /// RFC 8693 token exchange of the caller's token.
+    Oauth2ClientCredentials(OAuth2Client),
+}
+
+/// Where the Entra, managed-identity and Key Vault endpoints are, and what to trust there.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AzureSettings {
+    /// Entra authority, e.g. `https://login.microsoftonline.com` (an identity may override it).
+    #[serde(default = "defaults::authority_host")]
+    pub authority_host: String,
+    /// IMDS base URL.
+    #[serde(default = "defaults::imds_endpoint")]
+    pub imds_endpoint: String,
+    /// App Service token endpoint; default from `IDENTITY_ENDPOINT`.
+    #[serde(default)]
+    pub identity_endpoint: Option<String>,
+    /// App Service token header; default from `IDENTITY_HEADER`.
+    #[serde(default)]
+    pub identity_header: Option<SecretRef>,
+    /// Extra CA (PEM) trusted for Entra and Key Vault, on top of the platform roots.
+    #[serde(default)]
+    #[schemars(with = "Option<PathBuf>")]
+    pub ca_file: Option<Spanned<PathBuf>>,
+    /// Time limit of one token or secret request.
+    #[serde(default = "defaults::fetch_timeout")]
+    pub request_timeout: HumanDuration,
+    /// Key Vault secrets are re-read this often (a rotated secret needs no restart).
+    #[serde(default = "defaults::secret_refresh_interval")]
+    pub secret_refresh_interval: HumanDuration,
+}
+
+impl Default for AzureSettings {
+    fn default() -> Self {
+        Self {
+            authority_host: defaults::authority_host(),
+            imds_endpoint: defaults::imds_endpoint(),
+            identity_endpoint: None,
+            identity_header: None,
+            ca_file: None,
+            request_timeout: defaults::fetch_timeout(),
+            secret_refresh_interval: defaults::secret_refresh_interval(),
+        }
+    }
+}
+
+/// A generic OAuth 2.0 client.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OAuth2Client {
+    pub token_url: String,
+    pub client_id: String,
+    /// Client secret (sent as `client_secret` in the form).
+    #[serde(default)]
+    pub client_secret: Option<SecretRef>,
+    /// `private_key_jwt` client authentication (RFC 7523) with this PEM key.
+    #[serde(default)]
+    pub private_key_jwt: Option<PrivateKeyJwt>,
+    /// Exchange the caller's token (RFC 8693) instead of plain client credentials.
+    #[serde(default)]
+    pub token_exchange: bool,
+    /// Extra CA (PEM) for the token endpoint.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// A private key for `private_key_jwt`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PrivateKeyJwt {
+    /// PEM private key (RSA or EC P-256).
+    pub key: PathBuf,
+    /// `kid` header value, if the server needs one.
+    #[serde(default)]
+    pub key_id: Option<String>,
 }
 
 /// An Entra application registration and its credential.
@@ -74,6 +153,17 @@ pub struct AzureApplication {
 pub struct CertificateCredential {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// `PS256` with an `x5t#S256` thumbprint (Entra's recommendation, default) or `RS256` with `x5t`.
+    #[serde(default)]
+    pub algorithm: AssertionAlgorithm,
+}
+
+/// Signature of client assertions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+pub enum AssertionAlgorithm {
+    #[default]
+    PS256,
+    RS256,
 }
 
 /// Azure Workload Identity settings; each defaults from the environment the webhook injects.
@@ -94,16 +184,13 @@ pub struct WorkloadIdentity {
     pub authority_host: Option<String>,
 }
 
-/// Managed identity settings.
+/// Managed identity settings (endpoints are in `azure:`).
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ManagedIdentity {
     /// A user-assigned identity's client id; omit for the system-assigned identity.
     #[serde(default)]
     pub client_id: Option<String>,
-    /// IMDS address, default `http://169.254.169.254`.
-    #[serde(default)]
-    pub endpoint: Option<String>,
 }
 
 /// Client-facing listener settings.
@@ -365,6 +452,15 @@ mod defaults {
     }
     pub fn fetch_timeout() -> HumanDuration {
         HumanDuration::from_secs(10)
+    }
+    pub fn authority_host() -> String {
+        "https://login.microsoftonline.com".to_owned()
+    }
+    pub fn imds_endpoint() -> String {
+        "http://169.254.169.254".to_owned()
+    }
+    pub fn secret_refresh_interval() -> HumanDuration {
+        HumanDuration::from_secs(5 * 60)
     }
     pub fn max_token_bytes() -> usize {
         16 * 1024

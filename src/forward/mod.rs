@@ -51,6 +51,8 @@ pub struct Outbound<'a> {
     pub external_base: &'a str,
     /// The request body limit, to tell a body-too-large abort from an upstream failure.
     pub max_body_bytes: u64,
+    /// The workload token's `Authorization` value, if the deciding rule names an identity.
+    pub authorization: Option<HeaderValue>,
 }
 
 /// What came back, and how long the upstream took to answer.
@@ -284,6 +286,9 @@ fn prepare_request_headers(headers: &mut http::HeaderMap, outbound: &Outbound<'_
     headers.remove(header::HOST);
     headers.remove(header::AUTHORIZATION);
     headers.remove(header::COOKIE);
+    if let Some(authorization) = &outbound.authorization {
+        headers.insert(header::AUTHORIZATION, authorization.clone());
+    }
     headers::set_forwarded(headers, &outbound.forwarded);
     if let Ok(value) = HeaderValue::from_str(outbound.request_id) {
         headers.insert(X_MS_CLIENT_REQUEST_ID.clone(), value);
