@@ -273,6 +273,9 @@ struct Key {
     user: Option<[u8; 32]>,
 }
 
+/// One Key Vault secret: read under its own lock so concurrent users share one read.
+type VaultSlot = Arc<tokio::sync::Mutex<Option<KeyVaultEntry>>>;
+
 struct KeyVaultEntry {
     value: String,
     fetched: Instant,
@@ -289,7 +292,7 @@ pub struct IdentityMetrics {
 
 struct Inner {
     slots: moka::sync::Cache<Key, Arc<Slot>>,
-    vault: Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<Option<KeyVaultEntry>>>>>,
+    vault: Mutex<HashMap<(String, String), VaultSlot>>,
     metrics: IdentityMetrics,
 }
 
