@@ -125,7 +125,7 @@ async fn process(
         method: request.method().as_str(),
         path: routed.path,
         host: host.as_deref().map(crate::route::strip_port),
-        source_ip: Some(connection.peer.ip()),
+        source_ip: Some(connection.peer.ip().to_canonical()),
     });
     record.decision = if decision.is_allowed() {
         "allow"
@@ -160,7 +160,7 @@ async fn process(
     };
     let external_base = external_base(listen, connection, &request, host.as_deref(), routed.prefix);
 
-    let peer_is_trusted = listen.is_trusted_proxy(connection.peer.ip());
+    let peer_is_trusted = listen.is_trusted_proxy(connection.peer.ip().to_canonical());
     let scheme = if connection.tls { "https" } else { "http" };
     let (parts, body) = request.into_parts();
     let body = Limited::new(
@@ -251,7 +251,7 @@ fn external_base<B>(
         return format!("{configured}{prefix}");
     }
     let header = |name: &HeaderName| request.headers().get(name)?.to_str().ok();
-    let from_proxy = listen.is_trusted_proxy(connection.peer.ip());
+    let from_proxy = listen.is_trusted_proxy(connection.peer.ip().to_canonical());
     let scheme = from_proxy
         .then(|| header(&X_FORWARDED_PROTO))
         .flatten()

@@ -382,8 +382,7 @@ impl Authenticator {
         }
         if let Some(expected) = &provider.typ {
             let given = header.typ.as_deref().unwrap_or_default();
-            let given = given.strip_prefix("application/").unwrap_or(given);
-            if !given.eq_ignore_ascii_case(expected) {
+            if !media_type_eq(given, expected) {
                 return Err(invalid(Some(provider), Reason::WrongType));
             }
         }
@@ -477,11 +476,7 @@ impl Authenticator {
             let Some(value) = claims.get(claim) else {
                 return Err(invalid(Some(provider), Reason::MissingClaim));
             };
-            let matches = |v: &Value| v.as_str().is_some_and(|s| accepted.iter().any(|a| a == s));
-            let ok = match value {
-                Value::Array(items) => items.iter().any(matches),
-                other => matches(other),
-            };
+            let ok = claim_matches(value, accepted);
             if !ok {
                 return Err(invalid(Some(provider), Reason::ClaimMismatch));
             }
@@ -498,6 +493,36 @@ impl Authenticator {
             claims,
             expires_at,
         )))
+    }
+}
+
+/// JOSE `typ` comparison (RFC 7515 §4.1.9): media types are case-insensitive and the
+/// `application/` prefix is optional on either side.
+fn media_type_eq(given: &str, expected: &str) -> bool {
+    let short = |t: &str| {
+        let t = t.trim();
+        match t.get(..12) {
+            Some(prefix) if prefix.eq_ignore_ascii_case("application/") => t[12..].to_owned(),
+            _ => t.to_owned(),
+        }
+    };
+    short(given).eq_ignore_ascii_case(&short(expected))
+}
+
+/// Whether a claim (a scalar, or a list of scalars) has one of the accepted values. Booleans and
+/// numbers compare by their JSON text, so `email_verified: "true"` accepts `true`.
+pub fn claim_matches(value: &Value, accepted: &[String]) -> bool {
+    let scalar = |v: &Value| match v {
+        Value::String(s) => accepted.iter().any(|a| a == s),
+        Value::Bool(_) | Value::Number(_) => {
+            let text = v.to_string();
+            accepted.contains(&text)
+        }
+        _ => false,
+    };
+    match value {
+        Value::Array(items) => items.iter().any(scalar),
+        other => scalar(other),
     }
 }
 

@@ -113,6 +113,21 @@ pub fn summary(decision: &Decision) -> String {
     text
 }
 
+/// What a test expects, as one line: only the parts it names.
+fn expectation(test: &crate::policy::TestSpec) -> String {
+    let mut text = match test.expect.effect {
+        Effect::Allow => "allow".to_owned(),
+        Effect::Deny => "deny".to_owned(),
+    };
+    if let Some(rule) = &test.expect.rule {
+        let _ = write!(text, " by {rule}");
+    }
+    if let Some(identity) = &test.expect.identity {
+        let _ = write!(text, " as {identity}");
+    }
+    text
+}
+
 /// The full explanation of one decision.
 pub fn render(explained: &Explained) -> String {
     let mut text = String::new();
@@ -170,13 +185,7 @@ pub fn run_tests(snapshot: &Snapshot) -> (String, bool) {
             Some(problem) => {
                 failed += 1;
                 let _ = writeln!(report, "FAIL {} ({location}): {problem}", test.name.value);
-                let expected = Decision {
-                    effect: test.expect.effect,
-                    rule: test.expect.rule.as_deref().map(Into::into),
-                    identity: test.expect.identity.as_deref().map(Into::into),
-                    shadow: Vec::new(),
-                };
-                let _ = writeln!(report, "  expected: {}", summary(&expected));
+                let _ = writeln!(report, "  expected: {}", expectation(test));
                 if let Ok(explained) = &outcome {
                     let _ = writeln!(report, "  got:      {}", summary(&explained.decision));
                     for line in render(explained).lines() {

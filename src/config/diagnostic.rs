@@ -86,7 +86,14 @@ impl Diagnostic {
             Some(location) => Self::at(file, source, location, message),
             None => Self::whole_file(file, message),
         };
-        match error {
+        // The parser wraps errors with their snippet (and alias context): look at the cause.
+        let mut cause = error;
+        while let serde_saphyr::Error::WithSnippet { error, .. }
+        | serde_saphyr::Error::AliasError { error, .. } = cause
+        {
+            cause = error;
+        }
+        match cause {
             serde_saphyr::Error::SerdeUnknownField {
                 field, expected, ..
             } => match closest(field, expected.iter().copied()) {
@@ -117,14 +124,11 @@ pub fn closest<'a>(given: &str, candidates: impl IntoIterator<Item = &'a str>) -
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let file = self.file.display();
-        if self.line == 0 {
-            write!(f, "{file}: error: {}", self.message)?;
-        } else {
-            write!(
-                f,
-                "{file}:{}:{}: error: {}",
-                self.line, self.column, self.message
-            )?;
+        let severity = if self.is_warning { "warning" } else { "error" };
+        match (self.line, self.column) {
+            (0, _) => write!(f, "{file}: {severity}: {}", self.message)?,
+            (line, 0) => write!(f, "{file}:{line}: {severity}: {}", self.message)?,
+            (line, column) => write!(f, "{file}:{line}:{column}: {severity}: {}", self.message)?,
         }
         if let Some(source_line) = &self.source_line {
             let gutter = self.line.to_string();

@@ -60,8 +60,10 @@ pub(super) enum IndexKey<'a> {
     None,
 }
 
+/// Whether `pattern` is more than a literal for `glob-match` (wildcards, classes, braces,
+/// negation, escapes).
 fn has_glob(pattern: &str) -> bool {
-    pattern.contains(['*', '?', '[', '{'])
+    pattern.contains(['*', '?', '[', '{', '!', '\\'])
 }
 
 fn any_glob(patterns: &[String], value: &str) -> bool {
@@ -98,35 +100,51 @@ impl Rule {
 
     /// `Ok` when every condition holds, else a description of the first that does not.
     pub(super) fn check(&self, facts: &Facts<'_>) -> Result<(), String> {
+        self.evaluate(facts, true)
+            .map_err(Option::unwrap_or_default)
+    }
+
+    /// Whether every condition holds (the hot path: no message is built).
+    pub(super) fn matches(&self, facts: &Facts<'_>) -> bool {
+        self.evaluate(facts, false).is_ok()
+    }
+
+    /// The conditions in order; a failure carries its description only when `explain` is set.
+    fn evaluate(&self, facts: &Facts<'_>, explain: bool) -> Result<(), Option<String>> {
         if self.actions.binary_search(&facts.action).is_err() {
-            return Err(format!(
-                "action `{}` is not one of this rule's actions",
-                facts.action
-            ));
+            return Err(explain.then(|| {
+                format!(
+                    "action `{}` is not one of this rule's actions",
+                    facts.action
+                )
+            }));
         }
         let who = facts.principal;
         let p = &self.principal;
         if !p.providers.is_empty() && !p.providers.contains(&who.provider) {
-            return Err(format!(
-                "provider `{}` is not in {}",
-                who.provider,
-                show(&p.providers)
-            ));
+            return Err(explain.then(|| {
+                format!(
+                    "provider `{}` is not in {}",
+                    who.provider,
+                    show(&p.providers)
+                )
+            }));
         }
         if !p.subjects.is_empty() && !any_glob(&p.subjects, &who.sub) {
-            return Err(format!(
-                "subject `{}` matches none of {}",
-                who.sub,
-                show(&p.subjects)
-            ));
+            return Err(explain.then(|| {
+                format!(
+                    "subject `{}` matches none of {}",
+                    who.sub,
+                    show(&p.subjects)
+                )
+            }));
         }
-        let email = who.email.as_deref().map(str::to_ascii_lowercase);
+        let email = (!p.emails.is_empty() || !p.email_domains.is_empty())
+            .then(|| who.email.as_deref().map(str::to_ascii_lowercase))
+            .flatten();
         if !p.emails.is_empty() && !email.as_deref().is_some_and(|e| any_glob(&p.emails, e)) {
-            return Err(format!(
-                "email {:?} matches none of {}",
-                who.email,
-                show(&p.emails)
-            ));
+            return Err(explain
+                .then(|| format!("email {:?} matches none of {}", who.email, show(&p.emails))));
         }
         if !p.email_domains.is_empty() {
             let domain = email
@@ -134,22 +152,21 @@ impl Rule {
                 .and_then(|e| e.rsplit_once('@'))
                 .map(|(_, d)| d);
             if !domain.is_some_and(|d| p.email_domains.iter().any(|x| x == d)) {
-                return Err(format!(
-                    "email domain of {:?} is not in {}",
-                    who.email,
-                    show(&p.email_domains)
-                ));
+                return Err(explain.then(|| {
+                    format!(
+                        "email domain of {:?} is not in {}",
+                        who.email,
+                        show(&p.email_domains)
+                    )
+                }));
             }
         }
         let member = |wanted: &[String], held: &[String], what: &str| {
             if wanted.is_empty() || wanted.iter().any(|w| held.contains(w)) {
                 Ok(())
             } else {
-                Err(format!(
-                    "{what} {} include none of {}",
-                    show(held),
-                    show(wanted)
-                ))
+                Err(explain
+                    .then(|| format!("{what} {} include none of {}", show(held), show(wanted))))
             }
         };
         member(&p.groups, &who.groups, "groups")?;
@@ -161,34 +178,39 @@ impl Rule {
                 .as_ref()
                 .is_some_and(|c| p.client_ids.contains(c))
         {
-            return Err(format!(
-                "client id {:?} is not in {}",
-                who.client_id,
-                show(&p.client_ids)
-            ));
+            return Err(explain.then(|| {
+                format!(
+                    "client id {:?} is not in {}",
+                    who.client_id,
+                    show(&p.client_ids)
+                )
+            }));
         }
         for (claim, accepted) in &p.claims {
-            let matches =
-                |v: &serde_json::Value| v.as_str().is_some_and(|s| accepted.iter().any(|a| a == s));
-            let ok = match who.claims.get(claim) {
-                Some(serde_json::Value::Array(items)) => items.iter().any(matches),
-                Some(value) => matches(value),
-                None => false,
-            };
+            let ok = who
+                .claims
+                .get(claim)
+                .is_some_and(|value| crate::authn::claim_matches(value, accepted));
             if !ok {
-                return Err(format!("claim `{claim}` is not one of {}", show(accepted)));
+                return Err(
+                    explain.then(|| format!("claim `{claim}` is not one of {}", show(accepted)))
+                );
             }
         }
         for (attribute, patterns) in &self.resources {
             match facts.resource.get(attribute) {
                 Some(value) if any_glob(patterns, value) => {}
                 Some(value) => {
-                    return Err(format!(
-                        "resource {attribute} `{value}` matches none of {}",
-                        show(patterns)
-                    ))
+                    return Err(explain.then(|| {
+                        format!(
+                            "resource {attribute} `{value}` matches none of {}",
+                            show(patterns)
+                        )
+                    }))
                 }
-                None => return Err(format!("the request has no resource {attribute}")),
+                None => {
+                    return Err(explain.then(|| format!("the request has no resource {attribute}")))
+                }
             }
         }
         let r = &self.request;
@@ -198,23 +220,20 @@ impl Rule {
                 .iter()
                 .any(|m| m.eq_ignore_ascii_case(facts.method))
         {
-            return Err(format!(
-                "method {} is not in {}",
-                facts.method,
-                show(&r.methods)
-            ));
+            return Err(
+                explain.then(|| format!("method {} is not in {}", facts.method, show(&r.methods)))
+            );
         }
         if !r.paths.is_empty() && !any_glob(&r.paths, facts.path) {
-            return Err(format!(
-                "path `{}` matches none of {}",
-                facts.path,
-                show(&r.paths)
-            ));
+            return Err(explain
+                .then(|| format!("path `{}` matches none of {}", facts.path, show(&r.paths))));
         }
         if !r.hosts.is_empty() {
             let host = facts.host.map(str::to_ascii_lowercase).unwrap_or_default();
             if !any_glob(&r.hosts, &host) {
-                return Err(format!("host `{host}` matches none of {}", show(&r.hosts)));
+                return Err(
+                    explain.then(|| format!("host `{host}` matches none of {}", show(&r.hosts)))
+                );
             }
         }
         if !r.source_ips.is_empty()
@@ -222,10 +241,12 @@ impl Rule {
                 .source_ip
                 .is_some_and(|ip| r.source_ips.iter().any(|n| n.contains(&ip)))
         {
-            return Err(format!(
-                "source address {:?} is in none of the rule's networks",
-                facts.source_ip
-            ));
+            return Err(explain.then(|| {
+                format!(
+                    "source address {:?} is in none of the rule's networks",
+                    facts.source_ip
+                )
+            }));
         }
         Ok(())
     }

@@ -163,7 +163,7 @@ impl PolicySet {
                             continue;
                         }
                     }
-                    if rule.check(facts).is_err() {
+                    if !rule.matches(facts) {
                         continue;
                     }
                     match best {

@@ -760,3 +760,81 @@ pub async fn wait_ready(gate: &TestGate) {
     }
     panic!("the gate never became ready");
 }
+
+/// The sending half of one HTTP/1.1 client connection (no pool): the test decides which
+/// connection a request uses, so it can prove that a connection opened earlier still serves.
+pub type ConnectionSender = hyper::client::conn::http1::SendRequest<http_body_util::Empty<Bytes>>;
+
+/// Starts an HTTP/1.1 client connection over an already open stream (plain TCP or TLS).
+pub async fn http1_connection<S>(io: S) -> ConnectionSender
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    sender
+}
+
+/// Sends `GET path` (with `Host: localhost`) on `sender`'s connection and buffers the reply.
+pub async fn get_on(sender: &mut ConnectionSender, path: &str) -> Result<Reply, BoxError> {
+    sender.ready().await?;
+    let request = Request::get(path)
+        .header(http::header::HOST, "localhost")
+        .body(http_body_util::Empty::new())?;
+    let response =
+        tokio::time::timeout(Duration::from_secs(30), sender.send_request(request)).await??;
+    let (parts, body) = response.into_parts();
+    Ok(Reply {
+        status: parts.status,
+        version: parts.version,
+        headers: parts.headers,
+        body: body.collect().await?.to_bytes(),
+    })
+}
+
+/// The value of one sample in a Prometheus text exposition: `name` with exactly `labels`
+/// (in any order). `None` when the series is absent.
+pub fn metric_sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    wanted.sort();
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, series_labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.strip_suffix('}')?),
+                None => (series, ""),
+            };
+            let mut present: Vec<String> = series_labels
+                .split(',')
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect();
+            present.sort();
+            (series_name == name && present == wanted).then(|| value.parse().ok())?
+        })
+}
+
+impl TestPki {
+    /// Like [`TestPki::issue`], with an RSA-2048 key (PKCS#8 PEM): Entra client certificates
+    /// sign RS256/PS256 assertions, so they need RSA keys (`issue` makes ECDSA P-256 keys).
+    pub fn issue_rsa(&self, stem: &str, names: &[&str]) -> Issued {
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let mut params = CertificateParams::new(names).unwrap();
+        params.distinguished_name.push(DnType::CommonName, stem);
+        let key = KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        let issued = Issued {
+            cert: self.dir.path().join(format!("{stem}.crt")),
+            key: self.dir.path().join(format!("{stem}.key")),
+            der: cert.der().to_vec(),
+        };
+        std::fs::write(&issued.cert, cert.pem()).unwrap();
+        std::fs::write(&issued.key, key.serialize_pem()).unwrap();
+        issued
+    }
+}
