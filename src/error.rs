@@ -30,6 +30,8 @@ pub enum GateError {
     Denied { rule: Option<std::sync::Arc<str>> },
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    #[error("the request cannot be audited right now, so it is not forwarded")]
+    AuditUnavailable,
     #[error(transparent)]
     Forward(#[from] ForwardError),
 }
@@ -46,6 +48,7 @@ impl GateError {
             GateError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GateError::AmbiguousPath(_) => StatusCode::BAD_REQUEST,
             GateError::Denied { .. } => StatusCode::FORBIDDEN,
+            GateError::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             GateError::Identity(
                 IdentityError::Unavailable { .. } | IdentityError::NoScope { .. },
             ) => StatusCode::SERVICE_UNAVAILABLE,
@@ -71,6 +74,7 @@ impl GateError {
             | GateError::Forward(ForwardError::BodyTooLarge { .. }) => "PayloadTooLarge",
             GateError::AmbiguousPath(_) => "AmbiguousPath",
             GateError::Denied { .. } => "PolicyDenied",
+            GateError::AuditUnavailable => "AuditUnavailable",
             GateError::Identity(IdentityError::Unavailable { .. }) => "WorkloadIdentityUnavailable",
             GateError::Identity(IdentityError::NoScope { .. }) => "WorkloadIdentityMisconfigured",
             GateError::Identity(IdentityError::ClaimsChallenge { .. }) => "ClaimsChallenge",
@@ -80,6 +84,35 @@ impl GateError {
             GateError::Forward(ForwardError::Unreachable { .. }) => "UpstreamUnreachable",
             GateError::Forward(ForwardError::Failed { .. }) => "UpstreamFailed",
             GateError::Forward(ForwardError::TimedOut { .. }) => "UpstreamTimeout",
+        }
+    }
+
+    /// How the audit log classifies the request's end.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            GateError::Denied { .. } => "denied",
+            GateError::Authn(AuthnError::Unavailable { .. })
+            | GateError::Identity(_)
+            | GateError::AuditUnavailable => "unavailable",
+            GateError::Authn(_) => "unauthenticated",
+            GateError::Forward(ForwardError::BodyTooLarge { .. }) => "rejected",
+            GateError::Forward(_) => "upstream_error",
+            GateError::Route(_)
+            | GateError::HeadersTooLarge { .. }
+            | GateError::BodyTooLarge { .. }
+            | GateError::AmbiguousPath(_) => "rejected",
+        }
+    }
+
+    /// The refusal as the audit log records it.
+    pub fn audit(&self) -> crate::audit::AuditError {
+        crate::audit::AuditError {
+            status: self.status().as_u16(),
+            code: self.code(),
+            reason: match self {
+                GateError::Authn(error) => Some(error.reason_label()),
+                _ => None,
+            },
         }
     }
 

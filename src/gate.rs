@@ -19,6 +19,7 @@ pub struct Gate {
     pub metrics: Metrics,
     key_stores: KeyStores,
     pub tokens: crate::identity::TokenBroker,
+    pub auditor: crate::audit::Auditor,
     draining: AtomicBool,
 }
 
@@ -27,7 +28,9 @@ impl Gate {
     pub fn load(config_path: &Path, metrics: Metrics) -> Result<Arc<Self>, Diagnostics> {
         let key_stores = KeyStores::new(metrics.jwks_refresh.clone());
         let tokens = crate::identity::TokenBroker::new(metrics.identity.clone());
-        let snapshot = Snapshot::load(config_path, &key_stores, &metrics)?;
+        let loaded = crate::config::load(config_path)?;
+        let auditor = crate::audit::Auditor::start(&loaded, metrics.audit.clone());
+        let snapshot = Snapshot::build(loaded, &key_stores, &metrics)?;
         metrics.record_reload(true);
         Ok(Arc::new(Self {
             config_path: config_path.to_owned(),
@@ -35,6 +38,7 @@ impl Gate {
             metrics,
             key_stores,
             tokens,
+            auditor,
             draining: AtomicBool::new(false),
         }))
     }

@@ -25,6 +25,7 @@ pub struct Metrics {
     pub jwks_refresh: IntCounterVec,
     pub policy_decisions: IntCounterVec,
     pub identity: crate::identity::IdentityMetrics,
+    pub audit: crate::audit::AuditMetrics,
 }
 
 impl Metrics {
@@ -106,6 +107,15 @@ impl Metrics {
             ),
             &["outcome"],
         )?;
+        let audit_events = IntCounterVec::new(
+            Opts::new(
+                "audit_events_total",
+                "Audit events, by sink and outcome (written, failed, dropped).",
+            ),
+            &["sink", "outcome"],
+        )?;
+        let audit_queue =
+            IntGauge::new("audit_queue_depth", "Audit events waiting for the writer.")?;
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "build_info",
@@ -133,6 +143,8 @@ impl Metrics {
         registry.register(Box::new(token_cache_hits.clone()))?;
         registry.register(Box::new(token_expiry.clone()))?;
         registry.register(Box::new(secret_refreshes.clone()))?;
+        registry.register(Box::new(audit_events.clone()))?;
+        registry.register(Box::new(audit_queue.clone()))?;
         registry.register(Box::new(build_info))?;
         Ok(Self {
             registry,
@@ -150,6 +162,10 @@ impl Metrics {
                 hits: token_cache_hits,
                 expiry: token_expiry,
                 secret_refreshes,
+            },
+            audit: crate::audit::AuditMetrics {
+                events: audit_events,
+                queue_depth: audit_queue,
             },
         })
     }

@@ -11,6 +11,7 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
+use crate::audit::{AuditDecision, AuditError, AuditPrincipal, AuditRequest, AuditUpstream, Event};
 use crate::authn::Principal;
 use crate::body::ResponseBody;
 use crate::config::UpstreamKind;
@@ -21,7 +22,7 @@ use crate::identity::{IdentityError, TokenBroker};
 use crate::metrics::Metrics;
 use crate::policy::{Decision, Effect, Facts};
 use crate::snapshot::{ListenSettings, Snapshot, Upstream};
-use crate::synapse;
+use crate::synapse::{self, Resource};
 
 /// Facts about the connection a request arrived on.
 #[derive(Debug, Clone)]
@@ -35,12 +36,99 @@ static X_MS_CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("x-ms-client
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-/// What the metrics need to know about a finished request.
+/// What metrics and the audit event need to know about a request, filled in stage by stage.
 struct Record {
     upstream: String,
     action: &'static str,
     decision: &'static str,
+    upstream_status: Option<u16>,
     upstream_seconds: Option<f64>,
+    forwarded: bool,
+    request: AuditRequest,
+    principal: Option<Arc<Principal>>,
+    resource: Option<Resource>,
+    audit_decision: Option<AuditDecision>,
+}
+
+impl Record {
+    fn new(request: &Request<Incoming>, connection: &Connection) -> Self {
+        let header = |name: &str| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| v.len() <= 256)
+                .map(str::to_owned)
+        };
+        Self {
+            upstream: "none".into(),
+            action: "none",
+            decision: "none",
+            upstream_status: None,
+            upstream_seconds: None,
+            forwarded: false,
+            request: AuditRequest {
+                method: request.method().as_str().to_owned(),
+                host: request_host(request).unwrap_or_default().to_owned(),
+                // Never the query string: it may carry secrets.
+                path: request.uri().path().to_owned(),
+                source_ip: connection.peer.ip().to_canonical().to_string(),
+                user_agent: header("user-agent"),
+                client_request_id: request
+                    .headers()
+                    .get(&X_MS_CLIENT_REQUEST_ID)
+                    .and_then(crate::forward::headers::acceptable_request_id)
+                    .map(str::to_owned),
+                traceparent: header("traceparent"),
+            },
+            principal: None,
+            resource: None,
+            audit_decision: None,
+        }
+    }
+
+    /// The audit event of the finished request.
+    fn event(
+        self,
+        id: &str,
+        error: Option<AuditError>,
+        outcome: &'static str,
+        started: Instant,
+        claim_names: &[String],
+    ) -> Event {
+        let principal = self.principal.map(|p| AuditPrincipal {
+            provider: p.provider.clone(),
+            iss: p.iss.clone(),
+            sub: p.sub.clone(),
+            email: p.email.clone(),
+            groups: p.groups.clone(),
+            roles: p.roles.clone(),
+            scopes: p.scopes.clone(),
+            client_id: p.client_id.clone(),
+            claims: claim_names
+                .iter()
+                .filter_map(|name| p.claims.get(name).map(|v| (name.clone(), v.clone())))
+                .collect(),
+        });
+        Event {
+            time: crate::audit::now_rfc3339(),
+            id: id.to_owned(),
+            event: None,
+            principal,
+            request: Some(self.request),
+            upstream_name: (self.upstream != "none").then_some(self.upstream),
+            action: (self.action != "none").then_some(self.action),
+            resource: self.resource,
+            decision: self.audit_decision,
+            upstream: self.upstream_status.map(|status| AuditUpstream {
+                status,
+                duration_ms: self.upstream_seconds.unwrap_or_default() * 1000.0,
+            }),
+            outcome,
+            error,
+            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+        }
+    }
 }
 
 /// Handles one request; never fails: errors become responses here.
@@ -53,17 +141,11 @@ pub async fn handle(
     let _inflight = Inflight::enter(&gate.metrics);
     let snapshot = gate.snapshot();
     let request_id = request_id(&request);
-    let mut record = Record {
-        upstream: "none".into(),
-        action: "none",
-        decision: "none",
-        upstream_seconds: None,
-    };
+    let mut record = Record::new(&request, &connection);
 
-    let mut response = match process(
+    let (mut response, error, outcome) = match process(
+        &gate,
         &snapshot,
-        &gate.metrics,
-        &gate.tokens,
         &connection,
         &request_id,
         request,
@@ -71,23 +153,43 @@ pub async fn handle(
     )
     .await
     {
-        Ok(response) => response,
+        Ok(response) => (response, None, "forwarded"),
         Err(error) => {
             tracing::info!(request_id, status = error.status().as_u16(), reason = %error, "request refused");
-            error.into_response(&request_id)
+            let audit = error.audit();
+            let outcome = error.outcome();
+            (error.into_response(&request_id), Some(audit), outcome)
         }
     };
+
+    let labels = (
+        record.upstream.clone(),
+        record.action,
+        record.decision,
+        record.upstream_seconds,
+    );
+    let forwarded = record.forwarded;
+    let event = record.event(
+        &request_id,
+        error,
+        outcome,
+        started,
+        snapshot.policies.claim_names(),
+    );
+    if !gate.auditor.record(&event).await && gate.auditor.rejects_on_failure() && forwarded {
+        // The event could not be written: the caller does not get an unaudited answer.
+        response = GateError::AuditUnavailable.into_response(&request_id);
+    }
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(X_REQUEST_ID.clone(), value);
     }
-    observe(&gate.metrics, &record, response.status(), started);
+    observe(&gate.metrics, &labels, response.status(), started);
     response
 }
 
 async fn process(
+    gate: &Gate,
     snapshot: &Snapshot,
-    metrics: &Metrics,
-    tokens: &TokenBroker,
     connection: &Connection,
     request_id: &str,
     request: Request<Incoming>,
@@ -108,6 +210,7 @@ async fn process(
         .authenticator
         .authenticate(request.method(), request.uri(), request.headers())
         .await?;
+    record.principal = Some(principal.clone());
 
     let mut classified = match upstream.kind {
         UpstreamKind::SynapseDev => synapse::classify(request.method(), routed.path),
@@ -127,12 +230,19 @@ async fn process(
         host: host.as_deref().map(crate::route::strip_port),
         source_ip: Some(connection.peer.ip().to_canonical()),
     });
+    record.resource = Some(classified.resource);
     record.decision = if decision.is_allowed() {
         "allow"
     } else {
         "deny"
     };
-    count_decision(metrics, &decision);
+    record.audit_decision = Some(AuditDecision {
+        effect: record.decision.to_owned(),
+        rule: decision.rule.clone(),
+        identity: decision.identity.clone(),
+        shadow: decision.shadow.iter().map(|s| s.rule.clone()).collect(),
+    });
+    count_decision(&gate.metrics, &decision);
     if !decision.is_allowed() {
         return Err(GateError::Denied {
             rule: decision.rule,
@@ -144,7 +254,7 @@ async fn process(
         Some(name) => Some(
             workload_token(
                 snapshot,
-                tokens,
+                &gate.tokens,
                 &upstream,
                 name,
                 &principal,
@@ -153,6 +263,11 @@ async fn process(
             .await?,
         ),
     };
+
+    // Nothing is forwarded that could not be audited.
+    if !gate.auditor.accepts_requests() {
+        return Err(GateError::AuditUnavailable);
+    }
 
     let path_and_query = match request.uri().query() {
         Some(query) => format!("{}?{query}", routed.path),
@@ -168,6 +283,7 @@ async fn process(
         usize::try_from(listen.max_body_bytes).unwrap_or(usize::MAX),
     );
     let request = Request::from_parts(parts, body.boxed_unsync());
+    record.forwarded = true;
     let forwarded = upstream
         .forwarder
         .forward(
@@ -187,6 +303,7 @@ async fn process(
             },
         )
         .await?;
+    record.upstream_status = Some(forwarded.response.status().as_u16());
     record.upstream_seconds = Some(forwarded.upstream_duration.as_secs_f64());
     Ok(forwarded.response)
 }
@@ -265,25 +382,30 @@ fn external_base<B>(
     format!("{scheme}://{host}{prefix}")
 }
 
-fn observe(metrics: &Metrics, record: &Record, status: http::StatusCode, started: Instant) {
+fn observe(
+    metrics: &Metrics,
+    (upstream, action, decision, upstream_seconds): &(
+        String,
+        &'static str,
+        &'static str,
+        Option<f64>,
+    ),
+    status: http::StatusCode,
+    started: Instant,
+) {
     metrics
         .requests
-        .with_label_values(&[
-            record.upstream.as_str(),
-            record.action,
-            record.decision,
-            status.as_str(),
-        ])
+        .with_label_values(&[upstream.as_str(), action, decision, status.as_str()])
         .inc();
     metrics
         .request_duration
-        .with_label_values(&[record.upstream.as_str()])
+        .with_label_values(&[upstream.as_str()])
         .observe(started.elapsed().as_secs_f64());
-    if let Some(seconds) = record.upstream_seconds {
+    if let Some(seconds) = upstream_seconds {
         metrics
             .upstream_duration
-            .with_label_values(&[record.upstream.as_str()])
-            .observe(seconds);
+            .with_label_values(&[upstream.as_str()])
+            .observe(*seconds);
     }
 }
 

@@ -32,18 +32,35 @@ impl Watcher {
     /// Starts watching; `None` (logged) if the platform refuses a watch.
     pub fn start(gate: Arc<Gate>) -> Option<Self> {
         let (events, mut changes) = mpsc::unbounded_channel::<()>();
-        let mut watcher =
-            match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok_and(|e| !e.kind.is_access()) {
-                    let _ = events.send(());
-                }
-            }) {
-                Ok(watcher) => watcher,
-                Err(error) => {
-                    tracing::error!(%error, "cannot watch configuration files; reload with SIGHUP");
-                    return None;
-                }
-            };
+        // Files the gate itself writes next to its configuration (the audit log) are not changes.
+        let ignored = Arc::new(std::sync::Mutex::new(gate.snapshot().written_files.clone()));
+        let ignored_in_callback = ignored.clone();
+        let on_event = move |event: notify::Result<notify::Event>| {
+            let Ok(event) = event else { return };
+            if event.kind.is_access() {
+                return;
+            }
+            let ignored = ignored_in_callback
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let own_output = !event.paths.is_empty()
+                && event.paths.iter().all(|path| {
+                    let path = path.to_string_lossy();
+                    ignored
+                        .iter()
+                        .any(|file| path.starts_with(&*file.to_string_lossy()))
+                });
+            if !own_output {
+                let _ = events.send(());
+            }
+        };
+        let mut watcher = match notify::recommended_watcher(on_event) {
+            Ok(watcher) => watcher,
+            Err(error) => {
+                tracing::error!(%error, "cannot watch configuration files; reload with SIGHUP");
+                return None;
+            }
+        };
         let mut watched = Vec::new();
         sync_watches(&mut watcher, &mut watched, &gate.snapshot().watched_dirs);
 
@@ -58,7 +75,9 @@ impl Watcher {
                     continue;
                 }
                 let _ = gate.reload();
-                sync_watches(&mut watcher, &mut watched, &gate.snapshot().watched_dirs);
+                let snapshot = gate.snapshot();
+                sync_watches(&mut watcher, &mut watched, &snapshot.watched_dirs);
+                *ignored.lock().unwrap_or_else(|p| p.into_inner()) = snapshot.written_files.clone();
             }
         });
         Some(Self { task })

@@ -47,6 +47,13 @@ impl Running {
             tracing::warn!(%listen_address, "serving plain HTTP on a non-loopback address: bearer tokens cross the network unencrypted");
         }
         gate.activate();
+        if !gate
+            .auditor
+            .record(&crate::audit::lifecycle("gate.start"))
+            .await
+        {
+            tracing::error!("the audit log cannot be written: requests are refused until it can (on_failure: reject)");
+        }
         let listener = bind(listen_address).await?;
         let listen_address = listener.local_addr().unwrap_or(listen_address);
         let (stop, stopped) = watch::channel(false);
@@ -94,11 +101,13 @@ impl Running {
         let _ = self.stop.send(true);
     }
 
-    /// Waits until every listener has stopped (after [`Running::shutdown`]).
+    /// Waits until every listener has stopped (after [`Running::shutdown`]), then flushes the
+    /// audit log.
     pub async fn wait(self) {
         for task in self.tasks {
             let _ = task.await;
         }
+        self.gate.auditor.close().await;
     }
 
     /// Shuts down and waits, bounded by the drain period plus a margin.

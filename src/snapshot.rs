@@ -65,6 +65,9 @@ pub struct Snapshot {
     upstream_scopes: Vec<String>,
     /// Directories whose changes trigger a reload: the config file's and every referenced file's.
     pub watched_dirs: Vec<PathBuf>,
+    /// Files the gate writes itself (audit logs and their rotations, as absolute path prefixes):
+    /// changes to them never trigger a reload.
+    pub written_files: Vec<PathBuf>,
 }
 
 impl Snapshot {
@@ -287,6 +290,17 @@ impl Snapshot {
             authenticator,
             policies,
             identities,
+            written_files: config
+                .audit
+                .iter()
+                .flat_map(|audit| &audit.sinks)
+                .filter_map(|sink| match sink {
+                    crate::config::SinkConfig::File(file) => {
+                        std::path::absolute(loaded.resolve_path(&file.path)).ok()
+                    }
+                    crate::config::SinkConfig::Stdout {} => None,
+                })
+                .collect(),
             config_path: loaded.path,
             watched_dirs,
         })

@@ -999,7 +999,7 @@ async fn start_policy_gate(
         "address: 127.0.0.1:0",
         &format!("address: \"{listen}\""),
         1,
-    ) + "policies: policies\n";
+    ) + "policies: policies\naudit:\n  sinks: [ { file: { path: audit.jsonl } } ]\n";
     let config_path = dir.path().join("gate.yaml");
     std::fs::write(&config_path, yaml).unwrap();
     let running = synapse_gate::server::Running::start(&config_path, watch)

@@ -32,6 +32,9 @@ pub struct GateConfig {
     pub identities: BTreeMap<String, IdentityConfig>,
     /// Where requests go.
     pub upstreams: Vec<UpstreamConfig>,
+    /// Audit sinks and what happens when events cannot be written (default: stdout, reject).
+    #[serde(default)]
+    pub audit: Option<AuditConfig>,
     /// Directory of policy files (every `*.yaml` in it), relative to this file. Default: `policies`.
     #[serde(default)]
     #[schemars(with = "Option<PathBuf>")]
@@ -462,10 +465,67 @@ mod defaults {
     pub fn secret_refresh_interval() -> HumanDuration {
         HumanDuration::from_secs(5 * 60)
     }
+    pub fn audit_queue_size() -> usize {
+        10_000
+    }
+    pub fn audit_max_bytes() -> u64 {
+        100 * 1024 * 1024
+    }
+    pub fn audit_keep() -> usize {
+        10
+    }
     pub fn max_token_bytes() -> usize {
         16 * 1024
     }
     pub fn rewrite_body_limit() -> usize {
         4 * 1024 * 1024
     }
+}
+
+/// Audit log settings.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Where events go; several at once is fine.
+    pub sinks: Vec<SinkConfig>,
+    /// `reject` (default): a request that cannot be audited is refused with 503; `continue`: keep
+    /// serving and count dropped events.
+    #[serde(default)]
+    pub on_failure: OnFailure,
+    /// Events waiting for the writer at most.
+    #[serde(default = "defaults::audit_queue_size")]
+    pub queue_size: usize,
+}
+
+/// One audit destination.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum SinkConfig {
+    /// JSON lines on standard output.
+    Stdout {},
+    /// JSON lines in a file, rotated by size.
+    File(FileSinkConfig),
+}
+
+/// A rotated audit file.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileSinkConfig {
+    /// Relative to the configuration file.
+    pub path: PathBuf,
+    /// Rotate before the file would grow past this many bytes.
+    #[serde(default = "defaults::audit_max_bytes")]
+    pub max_bytes: u64,
+    /// Rotated files kept (`audit.jsonl.1` … `.keep`).
+    #[serde(default = "defaults::audit_keep")]
+    pub keep: usize,
+}
+
+/// What to do when an event cannot be written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    #[default]
+    Reject,
+    Continue,
 }

@@ -112,6 +112,8 @@ pub enum Credential {
         client_id: String,
         proof: AppCredential,
     },
+    /// An identity that cannot work in this environment (e.g. missing workload-identity variables).
+    Unusable { reason: String },
     /// Generic OAuth 2.0 client credentials or RFC 8693 token exchange.
     OAuth2 {
         token_url: String,
@@ -248,6 +250,7 @@ impl Credential {
         user_assertion: Option<&str>,
     ) -> Result<Issued, TokenError> {
         match self {
+            Credential::Unusable { reason } => Err(TokenError::Config(reason.clone())),
             Credential::Entra {
                 token_url,
                 client_id,

@@ -132,7 +132,11 @@ impl Identities {
                             client_id,
                             token_file,
                         }),
-                        _ => Err("workload identity needs a client id, a tenant and a token file (in the config or from AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_FEDERATED_TOKEN_FILE)".to_owned()),
+                        // Not a configuration error: the pod may simply lack the webhook's
+                        // variables. Requests that need this identity get 503 and the cause is logged.
+                        _ => Ok(Credential::Unusable {
+                            reason: "workload identity needs a client id, a tenant and a token file (in the config or from AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_FEDERATED_TOKEN_FILE)".to_owned(),
+                        }),
                     }
                 }
                 IdentityConfig::AzureManagedIdentity(mi) => {

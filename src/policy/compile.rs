@@ -75,6 +75,11 @@ fn show(values: &[String]) -> String {
 }
 
 impl Rule {
+    /// The claims this rule's principal conditions name.
+    pub(super) fn claim_names(&self) -> impl Iterator<Item = &str> {
+        self.principal.claims.iter().map(|(name, _)| name.as_str())
+    }
+
     pub(super) fn index_key(&self) -> IndexKey<'_> {
         let p = &self.principal;
         if !p.subjects.is_empty() && !p.subjects.iter().any(|s| has_glob(s)) {

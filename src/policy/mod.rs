@@ -81,6 +81,8 @@ pub struct PolicySet {
     pub warnings: Vec<Diagnostic>,
     /// How many files were loaded.
     pub file_count: usize,
+    /// Claims named by `principals.claims` anywhere: the audit log records them for replay.
+    claim_names: Vec<String>,
 }
 
 impl PolicySet {
@@ -118,13 +120,26 @@ impl PolicySet {
                 }
             }
         }
+        let mut claim_names: Vec<String> = rules
+            .iter()
+            .flat_map(Rule::claim_names)
+            .map(str::to_owned)
+            .collect();
+        claim_names.sort();
+        claim_names.dedup();
         Self {
             rules,
             index,
             tests,
             warnings,
             file_count,
+            claim_names,
         }
+    }
+
+    /// Claims that rules refer to.
+    pub fn claim_names(&self) -> &[String] {
+        &self.claim_names
     }
 
     /// The number of rules.

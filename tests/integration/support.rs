@@ -263,6 +263,13 @@ impl TestGate {
         if !yaml.contains("\npolicies:") {
             write_allow_all_policy(dir.path());
         }
+        // Audit to a file in the test's directory (the default, stdout, would interleave tests).
+        let yaml = if yaml.contains("\naudit:") {
+            yaml.to_owned()
+        } else {
+            format!("{yaml}\naudit:\n  sinks: [ {{ file: {{ path: audit.jsonl }} }} ]\n")
+        };
+        let yaml = yaml.as_str();
         std::fs::write(
             &config_path,
             yaml.replace("{dir}", &dir.path().display().to_string()),

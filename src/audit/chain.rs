@@ -1,0 +1,128 @@
+//! The hash chain: every line carries `prev`, the SHA-256 (hex) of the line before it, so an
+//! edited, removed, inserted or reordered line breaks the chain where it happened.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+
+/// `prev` of the first line of a new chain.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// SHA-256 of one line (without its newline), lowercase hex.
+pub fn line_hash(line: &[u8]) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, line);
+    let mut hex = String::with_capacity(64);
+    for byte in digest.as_ref() {
+        let _ = write!(hex, "{byte:02x}");
+    }
+    hex
+}
+
+/// Prefixes a serialized event object with its version and chain link:
+/// `{"v":1,"prev":"<hash>",` + the rest of the event's fields.
+pub fn chained_line(prev: &str, event_json: &str) -> String {
+    let rest = event_json.strip_prefix('{').unwrap_or(event_json);
+    let separator = if rest.starts_with('}') { "" } else { "," };
+    format!("{{\"v\":1,\"prev\":\"{prev}\"{separator}{rest}")
+}
+
+/// What `audit verify` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub lines: usize,
+    /// The hash of the last line: anchor it elsewhere to also detect truncation at the end.
+    pub last_hash: String,
+    /// `prev` of the first line (GENESIS for a chain that starts in these files).
+    pub first_prev: String,
+}
+
+/// The first place the chain breaks: file, 1-based line number, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}: {reason}")]
+pub struct Broken {
+    pub file: String,
+    pub line: usize,
+    pub reason: String,
+}
+
+/// Verifies files given oldest first (rotated files: `audit.jsonl.2 audit.jsonl.1 audit.jsonl`).
+pub fn verify(files: &[&Path]) -> Result<Verified, Broken> {
+    let mut previous: Option<String> = None;
+    let mut first_prev = None;
+    let mut lines = 0;
+    for file in files {
+        let shown = file.display().to_string();
+        let handle = std::fs::File::open(file).map_err(|e| Broken {
+            file: shown.clone(),
+            line: 0,
+            reason: format!("cannot read: {e}"),
+        })?;
+        for (index, line) in BufReader::new(handle).split(b'\n').enumerate() {
+            let number = index + 1;
+            let broken = |reason: String| Broken {
+                file: shown.clone(),
+                line: number,
+                reason,
+            };
+            let line = line.map_err(|e| broken(format!("cannot read: {e}")))?;
+            let value: serde_json::Value = serde_json::from_slice(&line)
+                .map_err(|e| broken(format!("not a JSON audit event: {e}")))?;
+            if value.get("v").and_then(serde_json::Value::as_u64) != Some(1) {
+                return Err(broken("unknown or missing version `v`".into()));
+            }
+            let prev = value
+                .get("prev")
+                .and_then(serde_json::Value::as_str)
+                .ok_or_else(|| broken("missing `prev`".into()))?;
+            match &previous {
+                None => {
+                    first_prev = Some(prev.to_owned());
+                }
+                Some(expected) if expected == prev => {}
+                Some(_) => {
+                    return Err(broken(
+                        "`prev` does not match the line before: a line was changed, removed, inserted or reordered here".into(),
+                    ))
+                }
+            }
+            previous = Some(line_hash(&line));
+            lines += 1;
+        }
+    }
+    Ok(Verified {
+        lines,
+        last_hash: previous.unwrap_or_else(|| GENESIS.to_owned()),
+        first_prev: first_prev.unwrap_or_else(|| GENESIS.to_owned()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chained_lines_verify_and_tampering_is_located() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        let mut prev = GENESIS.to_owned();
+        let mut text = String::new();
+        for i in 0..5 {
+            let line = chained_line(&prev, &format!("{{\"id\":\"{i}\"}}"));
+            prev = line_hash(line.as_bytes());
+            text.push_str(&line);
+            text.push('\n');
+        }
+        std::fs::write(&path, &text).unwrap();
+        let ok = verify(&[&path]).unwrap();
+        assert_eq!((ok.lines, ok.first_prev.as_str()), (5, GENESIS));
+
+        let edited = text.replacen("\"id\":\"2\"", "\"id\":\"X\"", 1);
+        std::fs::write(&path, edited).unwrap();
+        assert_eq!(verify(&[&path]).unwrap_err().line, 4);
+
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines.swap(1, 2);
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        assert_eq!(verify(&[&path]).unwrap_err().line, 2);
+    }
+}

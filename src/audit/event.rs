@@ -1,0 +1,150 @@
+//! The audit event: one JSON object per request. There is no field for a token, a secret, a
+//! cookie or a query string, so none can leak into the log.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::synapse::Resource;
+
+/// One request, as the audit log records it (`v` and `prev` are added by the writer).
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub time: String,
+    pub id: String,
+    /// Set for gate lifecycle records (`gate.start`, `gate.stop`); absent for requests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub principal: Option<AuditPrincipal>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request: Option<AuditRequest>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource: Option<Resource>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision: Option<AuditDecision>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<AuditUpstream>,
+    pub outcome: &'static str,
+    /// The gate's error code for refused requests (`PolicyDenied`, `Unauthorized`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<AuditError>,
+    /// Gate time from receiving the request to its response headers.
+    pub duration_ms: f64,
+}
+
+/// Every principal attribute the policy language can match on.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AuditPrincipal {
+    pub provider: String,
+    pub iss: String,
+    pub sub: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// The claims policies refer to (`principals.claims`), so replay can re-decide.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub claims: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The HTTP request, without its query string.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AuditRequest {
+    pub method: String,
+    #[serde(default)]
+    pub host: String,
+    pub path: String,
+    #[serde(default)]
+    pub source_ip: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_request_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+}
+
+/// The policy decision.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditDecision {
+    pub effect: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<Arc<str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<Arc<str>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shadow: Vec<Arc<str>>,
+}
+
+/// What the upstream answered.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditUpstream {
+    pub status: u16,
+    pub duration_ms: f64,
+}
+
+/// The gate's refusal.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditError {
+    pub status: u16,
+    pub code: &'static str,
+    /// A bounded reason where one exists (authentication failure reasons).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+}
+
+/// RFC 3339 UTC with milliseconds, e.g. `2026-11-22T06:00:00.123Z`.
+pub fn now_rfc3339() -> String {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days as i64);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_millis()
+    )
+}
+
+/// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian calendar).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_414), (2025, 11, 22));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(now_rfc3339().len(), 24);
+    }
+}

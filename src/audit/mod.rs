@@ -1,0 +1,202 @@
+//! Observe: one audit event per request, chained by hash, written by one writer thread to every
+//! sink. With `on_failure: reject` (the default) an allowed request waits for its event to be
+//! written, and when a sink fails the gate refuses requests (503) before forwarding until
+//! writing works again; with `continue` events are queued and dropped (counted) when they
+//! cannot be written.
+
+pub mod chain;
+mod event;
+mod sink;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use prometheus::{IntCounterVec, IntGauge};
+use tokio::sync::{mpsc, oneshot};
+
+pub use event::{
+    now_rfc3339, AuditDecision, AuditError, AuditPrincipal, AuditRequest, AuditUpstream, Event,
+};
+
+use crate::config::{AuditConfig, LoadedConfig, OnFailure, SinkConfig};
+use sink::Sink;
+
+/// Metrics of the audit stage.
+#[derive(Clone)]
+pub struct AuditMetrics {
+    pub events: IntCounterVec,
+    pub queue_depth: IntGauge,
+}
+
+struct Job {
+    json: String,
+    done: Option<oneshot::Sender<bool>>,
+}
+
+/// The audit writer's front: cheap to clone, shared by every request.
+pub struct Auditor {
+    sender: std::sync::Mutex<Option<mpsc::Sender<Job>>>,
+    healthy: Arc<AtomicBool>,
+    reject: bool,
+    metrics: AuditMetrics,
+    writer: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Auditor {
+    /// Opens the configured sinks and starts the writer thread. The first record (`gate.start`)
+    /// proves every sink writable before any request is served.
+    pub fn start(loaded: &LoadedConfig, metrics: AuditMetrics) -> Self {
+        let config = loaded.config.audit.clone().unwrap_or_default();
+        let mut sinks: Vec<Sink> = config
+            .sinks
+            .iter()
+            .map(|sink| match sink {
+                SinkConfig::Stdout {} => Sink::stdout(),
+                SinkConfig::File(file) => {
+                    Sink::file(loaded.resolve_path(&file.path), file.max_bytes, file.keep)
+                }
+            })
+            .collect();
+        for sink in &sinks {
+            for outcome in ["written", "failed", "dropped"] {
+                metrics.events.with_label_values(&[sink.label(), outcome]);
+            }
+        }
+        let (sender, mut receiver) = mpsc::channel::<Job>(config.queue_size.max(1));
+        let healthy = Arc::new(AtomicBool::new(true));
+        let writer_healthy = healthy.clone();
+        let writer_metrics = metrics.clone();
+        let writer = std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || {
+                while let Some(job) = receiver.blocking_recv() {
+                    writer_metrics.queue_depth.set(receiver.len() as i64);
+                    let mut all_written = true;
+                    for sink in &mut sinks {
+                        let outcome = match sink.write(&job.json) {
+                            Ok(()) => "written",
+                            Err(error) => {
+                                all_written = false;
+                                tracing::error!(sink = sink.label(), %error, "cannot write the audit event");
+                                "failed"
+                            }
+                        };
+                        writer_metrics.events.with_label_values(&[sink.label(), outcome]).inc();
+                    }
+                    writer_healthy.store(all_written, Ordering::SeqCst);
+                    if let Some(done) = job.done {
+                        let _ = done.send(all_written);
+                    }
+                }
+            })
+            .ok();
+        Self {
+            sender: std::sync::Mutex::new(Some(sender)),
+            healthy,
+            reject: config.on_failure == OnFailure::Reject,
+            metrics,
+            writer: std::sync::Mutex::new(writer),
+        }
+    }
+
+    /// Whether a request may be forwarded now: always with `continue`; with `reject`, only while
+    /// the last write to every sink worked.
+    pub fn accepts_requests(&self) -> bool {
+        !self.reject || self.healthy.load(Ordering::SeqCst)
+    }
+
+    /// Whether unauditable requests are refused.
+    pub fn rejects_on_failure(&self) -> bool {
+        self.reject
+    }
+
+    /// Records an event. With `reject`, waits until it is written and says whether it was; with
+    /// `continue`, queues it (counting a drop when the queue is full) and returns `true`.
+    pub async fn record(&self, event: &Event) -> bool {
+        let json = match serde_json::to_string(event) {
+            Ok(json) => json,
+            Err(error) => {
+                tracing::error!(%error, "cannot serialise an audit event");
+                return !self.reject;
+            }
+        };
+        let Some(sender) = self.sender() else {
+            return !self.reject;
+        };
+        if self.reject {
+            let (done, written) = oneshot::channel();
+            if sender
+                .send(Job {
+                    json,
+                    done: Some(done),
+                })
+                .await
+                .is_err()
+            {
+                return false;
+            }
+            self.metrics
+                .queue_depth
+                .set((sender.max_capacity() - sender.capacity()) as i64);
+            written.await.unwrap_or(false)
+        } else {
+            if sender.try_send(Job { json, done: None }).is_err() {
+                self.metrics
+                    .events
+                    .with_label_values(&["queue", "dropped"])
+                    .inc();
+            }
+            self.metrics
+                .queue_depth
+                .set((sender.max_capacity() - sender.capacity()) as i64);
+            true
+        }
+    }
+
+    fn sender(&self) -> Option<mpsc::Sender<Job>> {
+        self.sender
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Writes the `gate.stop` record, then lets the writer drain its queue and waits for it.
+    pub async fn close(&self) {
+        let _ = self.record(&lifecycle("gate.stop")).await;
+        self.sender.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(writer) = writer {
+            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        }
+    }
+}
+
+/// A gate lifecycle record (`gate.start`, `gate.stop`).
+pub fn lifecycle(what: &'static str) -> Event {
+    Event {
+        time: now_rfc3339(),
+        id: uuid::Uuid::new_v4().to_string(),
+        event: Some(what),
+        principal: None,
+        request: None,
+        upstream_name: None,
+        action: None,
+        resource: None,
+        decision: None,
+        upstream: None,
+        outcome: "recorded",
+        error: None,
+        duration_ms: 0.0,
+    }
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            sinks: vec![SinkConfig::Stdout {}],
+            on_failure: OnFailure::Reject,
+            queue_size: 10_000,
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! Where audit lines go: standard output, or a file with size-based rotation. Each sink keeps its
+//! own chain; a file sink continues the chain of the file it appends to, across restarts and
+//! rotations.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use super::chain::{chained_line, line_hash, GENESIS};
+
+/// One destination of audit lines.
+pub enum Sink {
+    Stdout {
+        prev: String,
+    },
+    File {
+        path: PathBuf,
+        max_bytes: u64,
+        keep: usize,
+        file: Option<File>,
+        size: u64,
+        prev: String,
+    },
+}
+
+impl Sink {
+    pub fn stdout() -> Self {
+        Sink::Stdout {
+            prev: GENESIS.to_owned(),
+        }
+    }
+
+    /// A file sink; the file is opened (and its chain recovered) on first write.
+    pub fn file(path: PathBuf, max_bytes: u64, keep: usize) -> Self {
+        let prev = last_line_hash(&path).unwrap_or_else(|| GENESIS.to_owned());
+        Sink::File {
+            path,
+            max_bytes,
+            keep,
+            file: None,
+            size: 0,
+            prev,
+        }
+    }
+
+    /// The label of `audit_events_total{sink}`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Sink::Stdout { .. } => "stdout",
+            Sink::File { .. } => "file",
+        }
+    }
+
+    /// Writes one event (its JSON without `v` and `prev`) as the next chained line.
+    pub fn write(&mut self, event_json: &str) -> std::io::Result<()> {
+        match self {
+            Sink::Stdout { prev } => {
+                let line = chained_line(prev, event_json);
+                let mut out = std::io::stdout().lock();
+                out.write_all(line.as_bytes())?;
+                out.write_all(b"\n")?;
+                out.flush()?;
+                *prev = line_hash(line.as_bytes());
+                Ok(())
+            }
+            Sink::File {
+                path,
+                max_bytes,
+                keep,
+                file,
+                size,
+                prev,
+            } => {
+                let line = chained_line(prev, event_json);
+                let needed = line.len() as u64 + 1;
+                if file.is_some() && *size > 0 && *size + needed > *max_bytes {
+                    *file = None;
+                    rotate(path, *keep)?;
+                }
+                if file.is_none() {
+                    let opened = open_append(path)?;
+                    *size = opened.metadata().map(|m| m.len()).unwrap_or(0);
+                    *file = Some(opened);
+                }
+                let Some(handle) = file.as_mut() else {
+                    return Err(std::io::Error::other("audit file not open"));
+                };
+                let mut bytes = line.into_bytes();
+                bytes.push(b'\n');
+                // One write per line: a line is either wholly in the file or not at all.
+                if let Err(error) = handle.write_all(&bytes) {
+                    // Reopen next time; the chain stays at the last line that was written.
+                    *file = None;
+                    return Err(error);
+                }
+                *size += needed;
+                bytes.pop();
+                *prev = line_hash(&bytes);
+                Ok(())
+            }
+        }
+    }
+}
+
+fn open_append(path: &Path) -> std::io::Result<File> {
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir)?;
+        }
+    }
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// `audit.jsonl` → `audit.jsonl.1` → … → `audit.jsonl.<keep>` (the oldest is dropped).
+fn rotate(path: &Path, keep: usize) -> std::io::Result<()> {
+    let numbered = |n: usize| PathBuf::from(format!("{}.{n}", path.display()));
+    if keep == 0 {
+        return std::fs::remove_file(path);
+    }
+    let _ = std::fs::remove_file(numbered(keep));
+    for n in (1..keep).rev() {
+        let from = numbered(n);
+        if from.exists() {
+            std::fs::rename(&from, numbered(n + 1))?;
+        }
+    }
+    std::fs::rename(path, numbered(1))
+}
+
+/// The hash of the last complete line of `path`, to continue its chain.
+fn last_line_hash(path: &Path) -> Option<String> {
+    let mut file = File::open(path).ok()?;
+    let length = file.metadata().ok()?.len();
+    if length == 0 {
+        return None;
+    }
+    let window = length.min(1024 * 1024);
+    file.seek(SeekFrom::Start(length - window)).ok()?;
+    let mut tail = Vec::with_capacity(window as usize);
+    file.read_to_end(&mut tail).ok()?;
+    let tail = tail.strip_suffix(b"\n").unwrap_or(&tail);
+    let start = tail.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    Some(line_hash(&tail[start..]))
+}
