@@ -46,6 +46,19 @@ fn main() -> ExitCode {
             }
         },
         Some(Command::Explain(args)) => explain(&args),
+        Some(Command::Audit(cli::AuditCommand::Verify { files })) => {
+            match cli::audit::verify(&files) {
+                Ok(report) => {
+                    let _ = writeln!(std::io::stdout(), "{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(problem) => {
+                    let _ = writeln!(std::io::stderr(), "{problem}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some(Command::Replay(args)) => replay(&args),
         Some(Command::Serve(args)) => serve(&args.config),
         None => serve(&cli.config),
     }
@@ -85,6 +98,30 @@ fn explain(args: &cli::ExplainArgs) -> ExitCode {
         }
         Err(error) => {
             let _ = writeln!(std::io::stderr(), "{error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn replay(args: &cli::ReplayArgs) -> ExitCode {
+    let snapshot = match cli::explain::load_offline(&args.config) {
+        Ok(snapshot) => snapshot,
+        Err(problems) => {
+            let _ = writeln!(std::io::stderr(), "{problems}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli::audit::replay(&snapshot, &args.files) {
+        Ok((report, changed)) => {
+            let _ = write!(std::io::stdout(), "{report}");
+            if changed && args.fail_on_change {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(problem) => {
+            let _ = writeln!(std::io::stderr(), "error: {problem}");
             ExitCode::FAILURE
         }
     }

@@ -275,6 +275,9 @@ async fn process(
     };
     let external_base = external_base(listen, connection, &request, host.as_deref(), routed.prefix);
 
+    // The upstream call is a child span of the caller's trace, or the root of a new one.
+    let traceparent = child_traceparent(record.request.traceparent.as_deref());
+    record.request.traceparent = Some(traceparent.clone());
     let peer_is_trusted = listen.is_trusted_proxy(connection.peer.ip().to_canonical());
     let scheme = if connection.tls { "https" } else { "http" };
     let (parts, body) = request.into_parts();
@@ -300,12 +303,42 @@ async fn process(
                 external_base: &external_base,
                 max_body_bytes: listen.max_body_bytes,
                 authorization,
+                traceparent: HeaderValue::from_str(&traceparent).ok(),
             },
         )
         .await?;
     record.upstream_status = Some(forwarded.response.status().as_u16());
     record.upstream_seconds = Some(forwarded.upstream_duration.as_secs_f64());
     Ok(forwarded.response)
+}
+
+/// A W3C `traceparent` for the upstream call: the caller's trace id (when its header is valid)
+/// with a new span id, or a new trace.
+fn child_traceparent(incoming: Option<&str>) -> String {
+    let mut random = [0u8; 24];
+    let _ = aws_lc_rs::rand::fill(&mut random);
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let span = hex(&random[16..]);
+    let valid = incoming.and_then(|value| {
+        let parts: Vec<&str> = value.trim().split('-').collect();
+        let is_hex = |s: &str, len: usize| {
+            s.len() == len
+                && s.bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        };
+        (parts.len() >= 4
+            && is_hex(parts[0], 2)
+            && parts[0] != "ff"
+            && is_hex(parts[1], 32)
+            && parts[1] != "0".repeat(32)
+            && is_hex(parts[2], 16)
+            && is_hex(parts[3], 2))
+        .then(|| (parts[1].to_owned(), parts[3].to_owned()))
+    });
+    match valid {
+        Some((trace, flags)) => format!("00-{trace}-{span}-{flags}"),
+        None => format!("00-{}-{span}-01", hex(&random[..16])),
+    }
 }
 
 /// Refuses oversized header blocks (431) and declared bodies over the limit (413) before any work.
@@ -480,5 +513,28 @@ impl<'a> Inflight<'a> {
 impl Drop for Inflight<'_> {
     fn drop(&mut self) {
         self.0.inflight.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_keeps_the_callers_trace_with_a_new_span() {
+        let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let child = child_traceparent(Some(incoming));
+        assert!(child.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(child.ends_with("-01"));
+        assert_ne!(child, incoming);
+        for bad in [
+            None,
+            Some("garbage"),
+            Some("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+        ] {
+            let fresh = child_traceparent(bad);
+            assert_eq!(fresh.len(), 55);
+            assert!(fresh.starts_with("00-") && fresh.ends_with("-01"));
+        }
     }
 }

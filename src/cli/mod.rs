@@ -1,6 +1,7 @@
 //! The command line: one file per subcommand; `main.rs` only parses and dispatches.
 
 pub mod actions;
+pub mod audit;
 pub mod check;
 pub mod explain;
 pub mod serve;
@@ -45,6 +46,11 @@ pub enum Command {
     Explain(ExplainArgs),
     /// List the action vocabulary with the Synapse operations behind each action.
     Actions,
+    /// Audit log tools.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Which recorded decisions the current policies would change.
+    Replay(ReplayArgs),
     /// Print the JSON Schema of gate.yaml.
     Schema,
 }
@@ -73,4 +79,29 @@ pub struct ConfigArg {
     /// Configuration file.
     #[arg(short, long, env = "SYNAPSE_GATE_CONFIG", default_value = "gate.yaml")]
     pub config: PathBuf,
+}
+
+/// `synapse-gate audit ...`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain of audit files (oldest first: audit.jsonl.2 audit.jsonl.1 audit.jsonl).
+    Verify {
+        /// Audit files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+/// Arguments of `replay`.
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// Configuration file (its policies are the ones replayed against).
+    #[arg(short, long, env = "SYNAPSE_GATE_CONFIG", default_value = "gate.yaml")]
+    pub config: PathBuf,
+    /// Exit 1 when any decision changes (for CI).
+    #[arg(long)]
+    pub fail_on_change: bool,
+    /// Audit files.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
 }

@@ -53,6 +53,8 @@ pub struct Outbound<'a> {
     pub max_body_bytes: u64,
     /// The workload token's `Authorization` value, if the deciding rule names an identity.
     pub authorization: Option<HeaderValue>,
+    /// W3C trace context for the upstream call.
+    pub traceparent: Option<HeaderValue>,
 }
 
 /// What came back, and how long the upstream took to answer.
@@ -288,6 +290,12 @@ fn prepare_request_headers(headers: &mut http::HeaderMap, outbound: &Outbound<'_
     headers.remove(header::COOKIE);
     if let Some(authorization) = &outbound.authorization {
         headers.insert(header::AUTHORIZATION, authorization.clone());
+    }
+    if let Some(traceparent) = &outbound.traceparent {
+        headers.insert(
+            header::HeaderName::from_static("traceparent"),
+            traceparent.clone(),
+        );
     }
     headers::set_forwarded(headers, &outbound.forwarded);
     if let Ok(value) = HeaderValue::from_str(outbound.request_id) {
