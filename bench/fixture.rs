@@ -97,10 +97,16 @@ async fn main() {
     .unwrap();
 
     let config = std::path::Path::new(&dir).join("gate.yaml");
+    std::fs::create_dir_all(std::path::Path::new(&dir).join("policies")).unwrap();
+    std::fs::write(
+        std::path::Path::new(&dir).join("policies/bench.yaml"),
+        "rules:\n  - id: analysts-read\n    effect: allow\n    principals: { groups: [analysts] }\n    actions: [\"*.read\"]\n",
+    )
+    .unwrap();
     std::fs::write(
         &config,
         format!(
-            "listen:\n  address: 127.0.0.1:18443\nadmin:\n  address: 127.0.0.1:19090\nproviders:\n  - name: bench\n    issuer: {issuer_base}\n    audiences: [api://synapse-gate]\nupstreams:\n  - name: contoso\n    url: http://{upstream_address}\n    kind: synapse-dev\n    match: {{ path_prefix: /ws/contoso }}\n"
+            "listen:\n  address: 127.0.0.1:18443\nadmin:\n  address: 127.0.0.1:19090\nproviders:\n  - name: bench\n    issuer: {issuer_base}\n    audiences: [api://synapse-gate]\nupstreams:\n  - name: contoso\n    url: http://{upstream_address}\n    kind: synapse-dev\n    match: {{ path_prefix: /ws/contoso }}\npolicies: policies\naudit:\n  sinks: [ {{ file: {{ path: audit.jsonl }} }} ]\n"
         ),
     )
     .unwrap();

@@ -70,23 +70,38 @@ impl Auditor {
         let writer = std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || {
-                while let Some(job) = receiver.blocking_recv() {
+                // Group commit: everything queued is written with one system call per sink.
+                let mut batch: Vec<Job> = Vec::new();
+                while let Some(first) = receiver.blocking_recv() {
+                    batch.push(first);
+                    while batch.len() < 512 {
+                        match receiver.try_recv() {
+                            Ok(job) => batch.push(job),
+                            Err(_) => break,
+                        }
+                    }
                     writer_metrics.queue_depth.set(receiver.len() as i64);
+                    let events: Vec<&str> = batch.iter().map(|job| job.json.as_str()).collect();
                     let mut all_written = true;
                     for sink in &mut sinks {
-                        let outcome = match sink.write(&job.json) {
+                        let outcome = match sink.write_batch(&events) {
                             Ok(()) => "written",
                             Err(error) => {
                                 all_written = false;
-                                tracing::error!(sink = sink.label(), %error, "cannot write the audit event");
+                                tracing::error!(sink = sink.label(), %error, "cannot write audit events");
                                 "failed"
                             }
                         };
-                        writer_metrics.events.with_label_values(&[sink.label(), outcome]).inc();
+                        writer_metrics
+                            .events
+                            .with_label_values(&[sink.label(), outcome])
+                            .inc_by(events.len() as u64);
                     }
                     writer_healthy.store(all_written, Ordering::SeqCst);
-                    if let Some(done) = job.done {
-                        let _ = done.send(all_written);
+                    for job in batch.drain(..) {
+                        if let Some(done) = job.done {
+                            let _ = done.send(all_written);
+                        }
                     }
                 }
             })

@@ -51,16 +51,26 @@ impl Sink {
         }
     }
 
-    /// Writes one event (its JSON without `v` and `prev`) as the next chained line.
-    pub fn write(&mut self, event_json: &str) -> std::io::Result<()> {
+    /// Writes events (their JSON without `v` and `prev`) as the next chained lines, in one
+    /// write: under load the writer commits a whole batch with a single system call.
+    pub fn write_batch(&mut self, events: &[&str]) -> std::io::Result<()> {
+        let prev = match self {
+            Sink::Stdout { prev } | Sink::File { prev, .. } => prev,
+        };
+        let mut buffer = Vec::with_capacity(events.iter().map(|e| e.len() + 100).sum());
+        let mut chain = prev.clone();
+        for event in events {
+            let line = chained_line(&chain, event);
+            chain = line_hash(line.as_bytes());
+            buffer.extend_from_slice(line.as_bytes());
+            buffer.push(b'\n');
+        }
         match self {
             Sink::Stdout { prev } => {
-                let line = chained_line(prev, event_json);
                 let mut out = std::io::stdout().lock();
-                out.write_all(line.as_bytes())?;
-                out.write_all(b"\n")?;
+                out.write_all(&buffer)?;
                 out.flush()?;
-                *prev = line_hash(line.as_bytes());
+                *prev = chain;
                 Ok(())
             }
             Sink::File {
@@ -71,8 +81,7 @@ impl Sink {
                 size,
                 prev,
             } => {
-                let line = chained_line(prev, event_json);
-                let needed = line.len() as u64 + 1;
+                let needed = buffer.len() as u64;
                 if file.is_some() && *size > 0 && *size + needed > *max_bytes {
                     *file = None;
                     rotate(path, *keep)?;
@@ -85,17 +94,13 @@ impl Sink {
                 let Some(handle) = file.as_mut() else {
                     return Err(std::io::Error::other("audit file not open"));
                 };
-                let mut bytes = line.into_bytes();
-                bytes.push(b'\n');
-                // One write per line: a line is either wholly in the file or not at all.
-                if let Err(error) = handle.write_all(&bytes) {
-                    // Reopen next time; the chain stays at the last line that was written.
+                if let Err(error) = handle.write_all(&buffer) {
+                    // Reopen next time; the chain stays at the last line known written.
                     *file = None;
                     return Err(error);
                 }
                 *size += needed;
-                bytes.pop();
-                *prev = line_hash(&bytes);
+                *prev = chain;
                 Ok(())
             }
         }
