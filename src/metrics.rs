@@ -26,12 +26,108 @@ pub struct Metrics {
     pub policy_decisions: IntCounterVec,
     pub identity: crate::identity::IdentityMetrics,
     pub audit: crate::audit::AuditMetrics,
+    process: ProcessMetrics,
+    /// Unprefixed: the process metrics keep their standard names.
+    process_registry: Registry,
+}
+
+/// The standard process metrics (`process_cpu_seconds_total`, `process_resident_memory_bytes`,
+/// `process_open_fds`, `process_max_fds`, `process_start_time_seconds`), read from `/proc` at
+/// each scrape.
+struct ProcessMetrics {
+    cpu_seconds: prometheus::Counter,
+    resident_bytes: IntGauge,
+    open_fds: IntGauge,
+    max_fds: IntGauge,
+}
+
+impl ProcessMetrics {
+    fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        // Standard names without the gate's prefix, so generic dashboards work.
+        let cpu_seconds = prometheus::Counter::new(
+            "process_cpu_seconds_total",
+            "Total user and system CPU time spent in seconds.",
+        )?;
+        let resident_bytes = IntGauge::new(
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+        )?;
+        let open_fds = IntGauge::new("process_open_fds", "Number of open file descriptors.")?;
+        let max_fds = IntGauge::new(
+            "process_max_fds",
+            "Maximum number of open file descriptors.",
+        )?;
+        let start_time = Gauge::new(
+            "process_start_time_seconds",
+            "Start time of the process since the Unix epoch in seconds.",
+        )?;
+        start_time.set(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        );
+        registry.register(Box::new(cpu_seconds.clone()))?;
+        registry.register(Box::new(resident_bytes.clone()))?;
+        registry.register(Box::new(open_fds.clone()))?;
+        registry.register(Box::new(max_fds.clone()))?;
+        registry.register(Box::new(start_time))?;
+        Ok(Self {
+            cpu_seconds,
+            resident_bytes,
+            open_fds,
+            max_fds,
+        })
+    }
+
+    fn refresh(&self) {
+        // /proc/self/stat fields 14 and 15 are utime and stime in clock ticks (100 Hz on Linux).
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+            let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+            let fields: Vec<&str> = after_name.split_whitespace().collect();
+            let ticks = |i: usize| {
+                fields
+                    .get(i)
+                    .and_then(|f| f.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
+            let total = (ticks(11) + ticks(12)) / 100.0;
+            let delta = total - self.cpu_seconds.get();
+            if delta > 0.0 {
+                self.cpu_seconds.inc_by(delta);
+            }
+        }
+        if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+            let rss_kb = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<i64>().ok());
+            if let Some(kb) = rss_kb {
+                self.resident_bytes.set(kb * 1024);
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
+            self.open_fds.set(entries.count() as i64);
+        }
+        if let Ok(limits) = std::fs::read_to_string("/proc/self/limits") {
+            let soft = limits
+                .lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|v| v.parse::<i64>().ok());
+            if let Some(soft) = soft {
+                self.max_fds.set(soft);
+            }
+        }
+    }
 }
 
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new_custom(Some("synapse_gate".into()), None)?;
+        let process_registry = Registry::new();
+        let process = ProcessMetrics::register(&process_registry)?;
         let requests = IntCounterVec::new(
             Opts::new(
                 "requests_total",
@@ -167,6 +263,8 @@ impl Metrics {
                 events: audit_events,
                 queue_depth: audit_queue,
             },
+            process,
+            process_registry,
         })
     }
 
@@ -184,8 +282,11 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
+        self.process.refresh();
+        let mut families = self.registry.gather();
+        families.extend(self.process_registry.gather());
         let mut buffer = Vec::new();
-        if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
+        if let Err(error) = TextEncoder::new().encode(&families, &mut buffer) {
             tracing::error!(%error, "cannot encode metrics");
         }
         buffer

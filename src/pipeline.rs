@@ -10,6 +10,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use tracing::Instrument;
 
 use crate::audit::{AuditDecision, AuditError, AuditPrincipal, AuditRequest, AuditUpstream, Event};
 use crate::authn::Principal;
@@ -143,6 +144,8 @@ pub async fn handle(
     let request_id = request_id(&request);
     let mut record = Record::new(&request, &connection);
 
+    // Every log line of this request carries its id.
+    let span = tracing::info_span!("request", id = %request_id);
     let (mut response, error, outcome) = match process(
         &gate,
         &snapshot,
@@ -151,6 +154,7 @@ pub async fn handle(
         request,
         &mut record,
     )
+    .instrument(span)
     .await
     {
         Ok(response) => (response, None, "forwarded"),
