@@ -134,6 +134,29 @@ impl GateError {
                     headers.insert(header::WWW_AUTHENTICATE, value);
                 }
             }
+            GateError::AuditUnavailable => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from_static(RETRY_AFTER_SECONDS),
+                );
+            }
+            GateError::Identity(IdentityError::Unavailable { retry_after, .. }) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            GateError::Identity(IdentityError::ClaimsChallenge { claims, .. }) => {
+                // The Azure SDK answers this challenge by asking for a token with these claims
+                // and retrying once (azure-core BearerTokenCredentialPolicy).
+                let encoded = base64::Engine::encode(
+                    &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                    claims,
+                );
+                let challenge = format!(
+                    r#"Bearer realm="synapse-gate", error="insufficient_claims", claims="{encoded}""#
+                );
+                if let Ok(value) = HeaderValue::from_str(&challenge) {
+                    headers.insert(header::WWW_AUTHENTICATE, value);
+                }
+            }
             _ => {}
         }
         response

@@ -46,8 +46,10 @@ impl Gate {
     /// Starts background key fetching for the providers in force (and stops it for removed ones).
     /// Needs a Tokio runtime.
     pub fn activate(&self) {
+        let snapshot = self.snapshot.load();
         self.key_stores
-            .activate(&self.snapshot.load().authenticator.key_sources());
+            .activate(&snapshot.authenticator.key_sources());
+        self.tokens.warm_up(&snapshot.identities, snapshot.scopes());
     }
 
     /// The configuration version in force; one load per request.

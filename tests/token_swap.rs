@@ -1,0 +1,309 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+//! Token swap against the Entra emulator: every identity kind yields a workload token the
+//! upstream can verify, the caller's token never reaches it, misses are single-flight, and an
+//! Entra outage is a 503 with `Retry-After` once no cached token is left.
+
+#[path = "integration/entra.rs"]
+mod entra;
+#[path = "integration/support.rs"]
+mod support;
+
+use std::sync::{Arc, Mutex};
+
+use http::{Request, StatusCode};
+use serde_json::{json, Value};
+
+use entra::EntraEmulator;
+use support::*;
+
+/// An upstream that verifies the workload token with the emulator and records its claims.
+async fn verifying_upstream(
+    emulator: &Arc<EntraEmulator>,
+    seen: Arc<Mutex<Vec<Value>>>,
+) -> FakeUpstream {
+    let emulator = emulator.clone();
+    FakeUpstream::start(
+        Wire::Plain,
+        None,
+        handler(move |request| {
+            let emulator = emulator.clone();
+            let seen = seen.clone();
+            async move {
+                let headers = request.headers();
+                let authorizations: Vec<_> = headers.get_all("authorization").iter().collect();
+                let claims = match authorizations.as_slice() {
+                    [one] => one
+                        .to_str()
+                        .ok()
+                        .and_then(|v| v.strip_prefix("Bearer "))
+                        .map(|token| emulator.verify_access_token(token)),
+                    _ => None,
+                };
+                match claims {
+                    Some(Ok(claims)) => {
+                        seen.lock().unwrap().push(claims);
+                        json_response(StatusCode::OK, &json!({"value": []}))
+                    }
+                    _ => json_response(
+                        StatusCode::UNAUTHORIZED,
+                        &json!({"error": {"code": "Unauthorized"}}),
+                    ),
+                }
+            }
+        }),
+    )
+    .await
+}
+
+struct Setup {
+    pki: TestPki,
+    emulator: Arc<EntraEmulator>,
+    issuer: TestIssuer,
+    upstream: FakeUpstream,
+    seen: Arc<Mutex<Vec<Value>>>,
+}
+
+async fn setup() -> Setup {
+    let pki = TestPki::new();
+    let emulator = Arc::new(EntraEmulator::start(&pki).await);
+    let issuer = TestIssuer::start().await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let upstream = verifying_upstream(&emulator, seen.clone()).await;
+    Setup {
+        pki,
+        emulator,
+        issuer,
+        upstream,
+        seen,
+    }
+}
+
+impl Setup {
+    /// A gate whose only rule allows everything as `identity`, with `identities_yaml` defined.
+    async fn gate(&self, identities_yaml: &str, identity: &str) -> TestGate {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = format!(
+            "listen:\n  address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\nupstreams:\n  - name: up\n    url: {}\n    kind: http\n    workspace: contoso\n    scope: https://dev.azuresynapse.net/.default\n    match: {{}}\nproviders:\n{}azure:\n  authority_host: {}\n  imds_endpoint: {}\n  ca_file: {}\nidentities:\n{identities_yaml}policies: {}\n",
+            self.upstream.url,
+            self.issuer.provider_yaml("test"),
+            self.emulator.authority,
+            self.emulator.imds_base,
+            self.pki.ca_path().display(),
+            dir.path().join("policies").display(),
+        );
+        std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+        std::fs::write(
+            dir.path().join("policies/allow.yaml"),
+            format!("rules:\n  - id: allow\n    effect: allow\n    actions: [\"*\"]\n    identity: {identity}\n"),
+        )
+        .unwrap();
+        let gate = TestGate::start(&yaml).await;
+        std::mem::forget(dir);
+        gate
+    }
+
+    fn client(&self) -> Client {
+        Client::plain().with_token(self.issuer.token(json!({})))
+    }
+}
+
+#[tokio::test]
+async fn client_secret_certificate_and_managed_identity_tokens_reach_the_upstream() {
+    let s = setup().await;
+    let tenant = &s.emulator.tenant;
+    s.emulator.register_secret_client("reader-app", "s3cret");
+    let rsa = s.pki.issue_rsa("runner", &["runner"]);
+    s.emulator.register_certificate_client("runner-app", &rsa);
+    let mi = s.emulator.register_managed_identity(Some("mi-app"));
+    let secret_file = s.pki.dir.path().join("reader.secret");
+    std::fs::write(&secret_file, "s3cret\n").unwrap();
+    let identities = format!(
+        "  reader:\n    azure: {{ tenant: {tenant}, client_id: reader-app, client_secret: {{ file: {} }} }}\n  runner:\n    azure: {{ tenant: {tenant}, client_id: runner-app, certificate: {{ cert: {}, key: {} }} }}\n  legacy:\n    azure: {{ tenant: {tenant}, client_id: runner-app, certificate: {{ cert: {}, key: {}, algorithm: RS256 }} }}\n  vm:\n    azure_managed_identity: {{ client_id: {mi} }}\n",
+        secret_file.display(),
+        rsa.cert.display(),
+        rsa.key.display(),
+        rsa.cert.display(),
+        rsa.key.display(),
+    );
+    for (identity, client_id) in [
+        ("reader", "reader-app"),
+        ("runner", "runner-app"),
+        ("legacy", "runner-app"),
+        ("vm", mi.as_str()),
+    ] {
+        let gate = s.gate(&identities, identity).await;
+        let caller = s.issuer.token(json!({}));
+        let reply = Client::plain()
+            .send(
+                Request::get(gate.url("/pipelines"))
+                    .header("authorization", format!("Bearer {caller}"))
+                    .header("cookie", "session=1")
+                    .header("proxy-authorization", "Basic eA==")
+                    .body(empty())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "{identity}: {:?}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        let claims = s.seen.lock().unwrap().last().cloned().unwrap();
+        assert_eq!(claims["aud"], "https://dev.azuresynapse.net", "{identity}");
+        assert_eq!(claims["appid"], client_id, "{identity}");
+        let request = s.upstream.requests().last().cloned().unwrap();
+        assert!(
+            request.headers.get("cookie").is_none()
+                && request.headers.get("proxy-authorization").is_none()
+        );
+        for value in request.headers.values() {
+            assert!(
+                !value.to_str().unwrap_or_default().contains(&caller),
+                "{identity}: the caller's token leaked"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn workload_identity_federation_reads_the_projected_token_file() {
+    let s = setup().await;
+    let federated = TestIssuer::start_with(jsonwebtoken::Algorithm::RS256, "sa").await;
+    s.emulator
+        .register_federated_client("pod-app", &federated, "system:serviceaccount:ns:sa");
+    let token_file = s.pki.dir.path().join("azure-identity-token");
+    let projected = |file: &std::path::Path| {
+        let token = federated.token(
+            json!({"aud": "api://AzureADTokenExchange", "sub": "system:serviceaccount:ns:sa"}),
+        );
+        std::fs::write(file, token).unwrap();
+    };
+    projected(&token_file);
+    let identities = format!(
+        "  pod:\n    azure_workload_identity: {{ client_id: pod-app, tenant: {}, token_file: {} }}\n",
+        s.emulator.tenant,
+        token_file.display()
+    );
+    let gate = s.gate(&identities, "pod").await;
+    let reply = s.client().get(&gate.url("/pipelines")).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "{:?}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(s.seen.lock().unwrap().last().unwrap()["appid"], "pod-app");
+}
+
+#[tokio::test]
+async fn concurrent_first_requests_make_exactly_one_token_request() {
+    let s = setup().await;
+    s.emulator.register_secret_client("reader-app", "s3cret");
+    let secret_file = s.pki.dir.path().join("reader.secret");
+    std::fs::write(&secret_file, "s3cret").unwrap();
+    let identities = format!(
+        "  reader:\n    azure: {{ tenant: {}, client_id: reader-app, client_secret: {{ file: {} }} }}\n",
+        s.emulator.tenant,
+        secret_file.display()
+    );
+    let gate = s.gate(&identities, "reader").await;
+    // The start-up warm-up may already have fetched one: count from a clean state after it.
+    for _ in 0..100 {
+        if s.emulator.count_for("reader-app") > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        s.emulator.count_for("reader-app"),
+        1,
+        "warm-up fetched once"
+    );
+    let client = s.client();
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let client = client.clone();
+        let url = gate.url("/pipelines");
+        tasks.push(tokio::spawn(async move { client.get(&url).await.status }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(
+        s.emulator.count_for("reader-app"),
+        1,
+        "200 requests shared one token request"
+    );
+}
+
+#[tokio::test]
+async fn an_entra_outage_is_a_503_with_retry_after_and_service_resumes() {
+    let s = setup().await;
+    s.emulator.register_secret_client("reader-app", "s3cret");
+    let secret_file = s.pki.dir.path().join("reader.secret");
+    std::fs::write(&secret_file, "s3cret").unwrap();
+    let identities = format!(
+        "  reader:\n    azure: {{ tenant: {}, client_id: reader-app, client_secret: {{ file: {} }} }}\n  other:\n    azure: {{ tenant: {}, client_id: other-app, client_secret: {{ file: {} }} }}\n",
+        s.emulator.tenant,
+        secret_file.display(),
+        s.emulator.tenant,
+        secret_file.display()
+    );
+    s.emulator.stop().await;
+    let gate = s.gate(&identities, "reader").await;
+    let before = s.upstream.count();
+    let reply = s.client().get(&gate.url("/pipelines")).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(reply.header("retry-after").is_some());
+    let (code, message) = reply.gate_error();
+    assert_eq!(code, "WorkloadIdentityUnavailable");
+    assert_eq!(
+        message,
+        "the gate cannot obtain a token for identity `reader` right now"
+    );
+    assert_eq!(s.upstream.count(), before, "nothing forwarded");
+    s.emulator.restart().await;
+    let mut status = StatusCode::SERVICE_UNAVAILABLE;
+    for _ in 0..100 {
+        status = s.client().get(&gate.url("/pipelines")).await.status;
+        if status == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(status, StatusCode::OK, "service resumed without a restart");
+}
+
+#[tokio::test]
+async fn a_wrong_secret_fails_only_its_identity() {
+    let s = setup().await;
+    s.emulator.register_secret_client("reader-app", "right");
+    s.emulator.register_secret_client("good-app", "good");
+    let wrong = s.pki.dir.path().join("wrong.secret");
+    std::fs::write(&wrong, "wrong").unwrap();
+    let good = s.pki.dir.path().join("good.secret");
+    std::fs::write(&good, "good").unwrap();
+    let identities = format!(
+        "  reader:\n    azure: {{ tenant: {t}, client_id: reader-app, client_secret: {{ file: {} }} }}\n  good:\n    azure: {{ tenant: {t}, client_id: good-app, client_secret: {{ file: {} }} }}\n",
+        wrong.display(),
+        good.display(),
+        t = s.emulator.tenant,
+    );
+    let broken = s.gate(&identities, "reader").await;
+    let reply = s.client().get(&broken.url("/pipelines")).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    let working = s.gate(&identities, "good").await;
+    assert_eq!(
+        s.client().get(&working.url("/pipelines")).await.status,
+        StatusCode::OK
+    );
+    let metrics = broken.metrics().await;
+    assert!(
+        metrics.contains(
+            "synapse_gate_token_requests_total{identity=\"reader\",outcome=\"rejected\"}"
+        ),
+        "{metrics}"
+    );
+}
