@@ -402,3 +402,78 @@ async fn replay_reports_what_a_policy_change_would_decide_differently() {
         assert!(out.contains(expected), "missing `{expected}` in:\n{out}");
     }
 }
+
+/// The value of the metric line `name{labels}` (labels in the exposition's sorted order).
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn counters_move_by_exactly_the_scripted_amounts() {
+    let issuer = TestIssuer::start().await;
+    let upstream = FakeUpstream::echo(Wire::Plain, None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let audit = format!(
+        "  sinks: [ {{ file: {{ path: {} }} }} ]\n",
+        dir.path().join("a.jsonl").display()
+    );
+    let gate = start(&issuer, &upstream.url, &audit, dir.path()).await;
+    wait_ready(&gate).await;
+    let before = gate.metrics().await;
+    let analyst =
+        Client::plain().with_token(issuer.token(json!({"groups": ["analysts", "interns"]})));
+    // 3 forwarded reads, 2 denied deletes, 1 request without a token, 1 expired token.
+    for _ in 0..3 {
+        assert_eq!(
+            analyst.get(&gate.url("/ws/contoso/pipelines")).await.status,
+            StatusCode::OK
+        );
+    }
+    for _ in 0..2 {
+        let reply = analyst
+            .send(
+                Request::delete(gate.url("/ws/contoso/pipelines/p"))
+                    .body(empty())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    }
+    assert_eq!(
+        Client::plain()
+            .get(&gate.url("/ws/contoso/pipelines"))
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    let expired = Client::plain().with_token(issuer.token(json!({"exp": 1_000_000})));
+    assert_eq!(
+        expired.get(&gate.url("/ws/contoso/pipelines")).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let after = gate.metrics().await;
+    let moved = |series: &str| metric(&after, series) - metric(&before, series);
+    let expectations = [
+        ("synapse_gate_requests_total{action=\"pipelines.read\",code=\"200\",decision=\"allow\",upstream=\"up\"}", 3.0),
+        ("synapse_gate_requests_total{action=\"pipelines.delete\",code=\"403\",decision=\"deny\",upstream=\"up\"}", 2.0),
+        ("synapse_gate_requests_total{action=\"none\",code=\"401\",decision=\"none\",upstream=\"up\"}", 2.0),
+        ("synapse_gate_authn_failures_total{provider=\"unknown\",reason=\"missing_token\"}", 1.0),
+        ("synapse_gate_authn_failures_total{provider=\"test\",reason=\"expired\"}", 1.0),
+        ("synapse_gate_policy_decisions_total{effect=\"allow\",mode=\"enforce\",rule=\"analysts-read\"}", 3.0),
+        ("synapse_gate_policy_decisions_total{effect=\"deny\",mode=\"enforce\",rule=\"no-deletes\"}", 2.0),
+        ("synapse_gate_policy_decisions_total{effect=\"deny\",mode=\"shadow\",rule=\"interns-watch\"}", 5.0),
+        ("synapse_gate_audit_events_total{outcome=\"written\",sink=\"file\"}", 7.0),
+        ("synapse_gate_request_duration_seconds_count{upstream=\"up\"}", 7.0),
+        ("synapse_gate_upstream_duration_seconds_count{upstream=\"up\"}", 3.0),
+    ];
+    for (series, expected) in expectations {
+        assert_eq!(moved(series), expected, "{series}\n{after}");
+    }
+    assert_eq!(metric(&after, "synapse_gate_inflight_requests"), 0.0);
+    assert!(metric(&after, "process_resident_memory_bytes") > 0.0);
+    assert!(metric(&after, "process_open_fds") > 0.0);
+}
