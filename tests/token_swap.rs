@@ -82,13 +82,34 @@ async fn setup() -> Setup {
 impl Setup {
     /// A gate whose only rule allows everything as `identity`, with `identities_yaml` defined.
     async fn gate(&self, identities_yaml: &str, identity: &str) -> TestGate {
+        self.gate_with(
+            identities_yaml,
+            identity,
+            &self.issuer.provider_yaml("test"),
+            "",
+        )
+        .await
+    }
+
+    /// Like [`Setup::gate`] with its own `providers:` entries and extra `azure:` settings.
+    async fn gate_with(
+        &self,
+        identities_yaml: &str,
+        identity: &str,
+        providers: &str,
+        azure_extra: &str,
+    ) -> TestGate {
         let dir = tempfile::tempdir().unwrap();
         let yaml = format!(
-            "listen:\n  address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\nupstreams:\n  - name: up\n    url: {}\n    kind: http\n    workspace: contoso\n    scope: https://dev.azuresynapse.net/.default\n    match: {{}}\nproviders:\n{}azure:\n  authority_host: {}\n  imds_endpoint: {}\n  ca_file: {}\nidentities:\n{identities_yaml}policies: {}\n",
+            "listen:\n  address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\nupstreams:\n  - name: up\n    url: {}\n    kind: http\n    workspace: contoso\n    scope: https://dev.azuresynapse.net/.default\n    match: {{}}\nproviders:\n{}azure:\n  authority_host: {}\n{}  ca_file: {}\n{azure_extra}identities:\n{identities_yaml}policies: {}\n",
             self.upstream.url,
-            self.issuer.provider_yaml("test"),
+            providers,
             self.emulator.authority,
-            self.emulator.imds_base,
+            if azure_extra.contains("imds_endpoint:") {
+                String::new()
+            } else {
+                format!("  imds_endpoint: {}\n", self.emulator.imds_base)
+            },
             self.pki.ca_path().display(),
             dir.path().join("policies").display(),
         );
@@ -306,4 +327,234 @@ async fn a_wrong_secret_fails_only_its_identity() {
         ),
         "{metrics}"
     );
+}
+
+fn secret_file(s: &Setup, name: &str, value: &str) -> String {
+    let path = s.pki.dir.path().join(name);
+    std::fs::write(&path, value).unwrap();
+    path.display().to_string()
+}
+
+#[tokio::test]
+async fn on_behalf_of_exchanges_the_callers_entra_token_and_relays_claims_challenges() {
+    let s = setup().await;
+    s.emulator
+        .register_obo_client("gate-app", "obo-secret", "api://gate-app");
+    let provider = format!(
+        "  - name: entra\n    issuer: {}\n    audiences: [api://gate-app]\n    ca_file: {}\n",
+        s.emulator.issuer(),
+        s.pki.ca_path().display()
+    );
+    let identities = format!(
+        "  caller:\n    azure_on_behalf_of: {{ tenant: {}, client_id: gate-app, client_secret: {{ file: {} }} }}\n",
+        s.emulator.tenant,
+        secret_file(&s, "obo.secret", "obo-secret")
+    );
+    let gate = s.gate_with(&identities, "caller", &provider, "").await;
+    let user = s
+        .emulator
+        .user_token("api://gate-app", "alice@contoso.com", &["analysts"]);
+    let client = Client::plain().with_token(user.clone());
+    let reply = client.get(&gate.url("/pipelines")).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "{:?}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let claims = s.seen.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(claims["aud"], "https://dev.azuresynapse.net");
+    assert_eq!(
+        claims["oid"],
+        s.emulator.user_object_id("alice@contoso.com"),
+        "Synapse sees the real user: {claims}"
+    );
+    for value in s.upstream.requests().last().unwrap().headers.values() {
+        assert!(
+            !value.to_str().unwrap_or_default().contains(&user),
+            "the caller's token leaked"
+        );
+    }
+    // Per user: a second user's request makes its own exchange, the first user's is cached.
+    let before = s.emulator.count_for("gate-app");
+    assert_eq!(
+        client.get(&gate.url("/pipelines")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(s.emulator.count_for("gate-app"), before, "cached per user");
+    let bob = Client::plain().with_token(s.emulator.user_token(
+        "api://gate-app",
+        "bob@contoso.com",
+        &[],
+    ));
+    assert_eq!(
+        bob.get(&gate.url("/pipelines")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(s.emulator.count_for("gate-app"), before + 1);
+
+    // Conditional access: the claims challenge reaches the caller as RFC 6750 insufficient_claims.
+    let challenge = r#"{"access_token":{"acrs":{"essential":true,"values":["c1"]}}}"#;
+    s.emulator.set_obo_claims_challenge(Some(challenge));
+    let carol = Client::plain().with_token(s.emulator.user_token(
+        "api://gate-app",
+        "carol@contoso.com",
+        &[],
+    ));
+    let reply = carol.get(&gate.url("/pipelines")).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    let encoded =
+        base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, challenge);
+    assert_eq!(
+        reply.header("www-authenticate"),
+        Some(
+            format!(
+                r#"Bearer realm="synapse-gate", error="insufficient_claims", claims="{encoded}""#
+            )
+            .as_str()
+        )
+    );
+    assert_eq!(reply.gate_error().0, "ClaimsChallenge");
+}
+
+#[tokio::test]
+async fn key_vault_secrets_are_read_with_another_identity_and_rotation_needs_no_restart() {
+    let s = setup().await;
+    let mi = s.emulator.register_managed_identity(Some("kv-reader"));
+    s.emulator
+        .register_secret_client("reader-app", "first-secret");
+    s.emulator.set_secret("reader-secret", "first-secret");
+    s.emulator.set_token_lifetime(8);
+    let identities = format!(
+        "  mi:\n    azure_managed_identity: {{ client_id: {mi} }}\n  reader:\n    azure: {{ tenant: {}, client_id: reader-app, client_secret: {{ key_vault: {{ vault: {}, secret: reader-secret, identity: mi }} }} }}\n",
+        s.emulator.tenant, s.emulator.key_vault
+    );
+    let gate = s
+        .gate_with(
+            &identities,
+            "reader",
+            &s.issuer.provider_yaml("test"),
+            "  secret_refresh_interval: 1s\n",
+        )
+        .await;
+    assert_eq!(
+        s.client().get(&gate.url("/pipelines")).await.status,
+        StatusCode::OK
+    );
+    assert!(s.emulator.key_vault_requests() >= 1);
+    // Rotate: Entra accepts only the new secret, Key Vault holds it.
+    s.emulator.remove_client("reader-app");
+    s.emulator
+        .register_secret_client("reader-app", "second-secret");
+    s.emulator.set_secret("reader-secret", "second-secret");
+    let mut ok_after_rotation = false;
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let status = s.client().get(&gate.url("/pipelines")).await.status;
+        if status == StatusCode::OK
+            && s.emulator.token_requests().iter().any(|r| {
+                r.client_id.as_deref() == Some("reader-app")
+                    && r.status == 200
+                    && s.emulator.count_for("reader-app") > 1
+            })
+        {
+            ok_after_rotation = true;
+            break;
+        }
+    }
+    assert!(
+        ok_after_rotation,
+        "a token was obtained with the rotated secret, without a restart"
+    );
+    let metrics = gate.metrics().await;
+    assert!(
+        metrics.contains("synapse_gate_secret_refresh_total{outcome=\"success\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn cached_tokens_keep_serving_while_entra_is_down_until_they_expire() {
+    let s = setup().await;
+    s.emulator.register_secret_client("reader-app", "s3cret");
+    s.emulator.set_token_lifetime(12);
+    let identities = format!(
+        "  reader:\n    azure: {{ tenant: {}, client_id: reader-app, client_secret: {{ file: {} }} }}\n",
+        s.emulator.tenant,
+        secret_file(&s, "r.secret", "s3cret")
+    );
+    let gate = s.gate(&identities, "reader").await;
+    assert_eq!(
+        s.client().get(&gate.url("/pipelines")).await.status,
+        StatusCode::OK
+    );
+    s.emulator.stop().await;
+    // Still served from the cache right after the outage began.
+    assert_eq!(
+        s.client().get(&gate.url("/pipelines")).await.status,
+        StatusCode::OK
+    );
+    // Once the token has expired (12 s, minus the last 5 s it is never handed out), 503.
+    let mut status = StatusCode::OK;
+    for _ in 0..150 {
+        status = s.client().get(&gate.url("/pipelines")).await.status;
+        if status != StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    s.emulator.restart().await;
+}
+
+#[tokio::test]
+async fn a_missing_token_file_or_unreachable_imds_fails_only_that_identity() {
+    let s = setup().await;
+    s.emulator.register_secret_client("good-app", "good");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let identities = format!(
+        "  good:\n    azure: {{ tenant: {t}, client_id: good-app, client_secret: {{ file: {} }} }}\n  pod:\n    azure_workload_identity: {{ client_id: pod-app, tenant: {t}, token_file: /nonexistent/azure-identity-token }}\n  vm:\n    azure_managed_identity: {{}}\n",
+        secret_file(&s, "g.secret", "good"),
+        t = s.emulator.tenant,
+    );
+    // IMDS is a closed port: connection refused.
+    let azure = format!("  imds_endpoint: http://{closed}\n");
+    for (identity, expected) in [
+        ("pod", StatusCode::SERVICE_UNAVAILABLE),
+        ("vm", StatusCode::SERVICE_UNAVAILABLE),
+        ("good", StatusCode::OK),
+    ] {
+        let gate = s
+            .gate_with(
+                &identities,
+                identity,
+                &s.issuer.provider_yaml("test"),
+                &azure,
+            )
+            .await;
+        let reply = s.client().get(&gate.url("/pipelines")).await;
+        assert_eq!(
+            reply.status,
+            expected,
+            "{identity}: {:?}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        if expected != StatusCode::OK {
+            assert_eq!(reply.gate_error().0, "WorkloadIdentityUnavailable");
+            assert!(reply.header("retry-after").is_some());
+            let metrics = gate.metrics().await;
+            let outcome = if identity == "pod" {
+                "misconfigured"
+            } else {
+                "unreachable"
+            };
+            assert!(
+                metrics.contains(&format!("synapse_gate_token_requests_total{{identity=\"{identity}\",outcome=\"{outcome}\"}}")),
+                "{identity}: {metrics}"
+            );
+        }
+    }
 }
