@@ -558,3 +558,93 @@ async fn a_missing_token_file_or_unreachable_imds_fails_only_that_identity() {
         }
     }
 }
+
+#[tokio::test]
+async fn throttling_answers_503_with_retry_after_without_hammering_entra() {
+    let s = setup().await;
+    s.emulator.register_secret_client("reader-app", "s3cret");
+    s.emulator.set_failure(Some(entra::Failure::Status {
+        status: 429,
+        retry_after: Some(30),
+    }));
+    let identities = format!(
+        "  reader:\n    azure: {{ tenant: {}, client_id: reader-app, client_secret: {{ file: {} }} }}\n",
+        s.emulator.tenant,
+        secret_file(&s, "t.secret", "s3cret")
+    );
+    let gate = s.gate(&identities, "reader").await;
+    let client = s.client();
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let (client, url) = (client.clone(), gate.url("/pipelines"));
+        tasks.push(tokio::spawn(async move { client.get(&url).await }));
+    }
+    for task in tasks {
+        let reply = task.await.unwrap();
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+        let retry_after: u64 = reply.header("retry-after").unwrap().parse().unwrap();
+        assert!(retry_after >= 1 && retry_after <= 30, "{retry_after}");
+    }
+    let requests = s.emulator.count_for("reader-app");
+    assert!(
+        requests <= 3,
+        "50 callers during throttling made {requests} token requests"
+    );
+    assert_eq!(s.upstream.count(), 0);
+}
+
+/// With 60-second tokens, three minutes of steady traffic are served entirely from the cache:
+/// renewals happen in the background (at 80 % of the lifetime), never in a request's path.
+#[tokio::test]
+async fn sixty_second_tokens_are_renewed_in_the_background_under_steady_traffic() {
+    let s = setup().await;
+    s.emulator.register_secret_client("reader-app", "s3cret");
+    s.emulator.set_token_lifetime(60);
+    let identities = format!(
+        "  reader:\n    azure: {{ tenant: {}, client_id: reader-app, client_secret: {{ file: {} }} }}\n",
+        s.emulator.tenant,
+        secret_file(&s, "renew.secret", "s3cret")
+    );
+    let gate = s.gate(&identities, "reader").await;
+    // The start-up warm-up fetches the first token before traffic begins.
+    for _ in 0..100 {
+        if s.emulator.count_for("reader-app") == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let client = s.client();
+    let mut sent = 0u32;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    while std::time::Instant::now() < deadline {
+        assert_eq!(
+            client.get(&gate.url("/pipelines")).await.status,
+            StatusCode::OK
+        );
+        sent += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let metrics = gate.metrics().await;
+    let hits = metrics
+        .lines()
+        .find(|l| l.starts_with("synapse_gate_token_cache_hits_total{identity=\"reader\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert_eq!(
+        hits,
+        f64::from(sent),
+        "every request was served from the cache"
+    );
+    let renewals = s.emulator.count_for("reader-app");
+    assert!(
+        (3..=6).contains(&renewals),
+        "{renewals} token requests in 3 minutes of 60 s tokens"
+    );
+    assert!(
+        !metrics.contains(
+            "synapse_gate_token_requests_total{identity=\"reader\",outcome=\"rejected\"}"
+        ),
+        "{metrics}"
+    );
+}
