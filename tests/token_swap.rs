@@ -583,7 +583,7 @@ async fn throttling_answers_503_with_retry_after_without_hammering_entra() {
         let reply = task.await.unwrap();
         assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
         let retry_after: u64 = reply.header("retry-after").unwrap().parse().unwrap();
-        assert!(retry_after >= 1 && retry_after <= 30, "{retry_after}");
+        assert!((1..=30).contains(&retry_after), "{retry_after}");
     }
     let requests = s.emulator.count_for("reader-app");
     assert!(
