@@ -32,25 +32,25 @@ impl Watcher {
     /// Starts watching; `None` (logged) if the platform refuses a watch.
     pub fn start(gate: Arc<Gate>) -> Option<Self> {
         let (events, mut changes) = mpsc::unbounded_channel::<()>();
-        // Files the gate itself writes next to its configuration (the audit log) are not changes.
-        let ignored = Arc::new(std::sync::Mutex::new(gate.snapshot().written_files.clone()));
-        let ignored_in_callback = ignored.clone();
+        // Only the files the configuration was built from count; a Kubernetes ConfigMap swap
+        // shows up as `..data` / `..<timestamp>` entries, which count too.
+        let relevant = Arc::new(std::sync::Mutex::new(gate.snapshot().watched_files.clone()));
+        let relevant_in_callback = relevant.clone();
         let on_event = move |event: notify::Result<notify::Event>| {
             let Ok(event) = event else { return };
             if event.kind.is_access() {
                 return;
             }
-            let ignored = ignored_in_callback
+            let relevant = relevant_in_callback
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            let own_output = !event.paths.is_empty()
-                && event.paths.iter().all(|path| {
-                    let path = path.to_string_lossy();
-                    ignored
-                        .iter()
-                        .any(|file| path.starts_with(&*file.to_string_lossy()))
-                });
-            if !own_output {
+            let matters = event.paths.iter().any(|path| {
+                relevant.iter().any(|file| path.starts_with(file))
+                    || path
+                        .file_name()
+                        .is_some_and(|name| name.to_string_lossy().starts_with(".."))
+            });
+            if matters {
                 let _ = events.send(());
             }
         };
@@ -77,7 +77,8 @@ impl Watcher {
                 let _ = gate.reload();
                 let snapshot = gate.snapshot();
                 sync_watches(&mut watcher, &mut watched, &snapshot.watched_dirs);
-                *ignored.lock().unwrap_or_else(|p| p.into_inner()) = snapshot.written_files.clone();
+                *relevant.lock().unwrap_or_else(|p| p.into_inner()) =
+                    snapshot.watched_files.clone();
             }
         });
         Some(Self { task })

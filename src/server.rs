@@ -31,6 +31,9 @@ pub struct Running {
     pub listen_address: SocketAddr,
     pub admin_address: Option<SocketAddr>,
     stop: watch::Sender<bool>,
+    /// Stops the admin listener once draining is over, so `/readyz` (draining) and `/metrics`
+    /// stay reachable during the drain.
+    admin_stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     _watcher: Option<crate::reload::Watcher>,
 }
@@ -57,6 +60,7 @@ impl Running {
         let listener = bind(listen_address).await?;
         let listen_address = listener.local_addr().unwrap_or(listen_address);
         let (stop, stopped) = watch::channel(false);
+        let (admin_stop, admin_stopped) = watch::channel(false);
         let until_stopped = |mut receiver: watch::Receiver<bool>| async move {
             let _ = receiver.wait_for(|stop| *stop).await;
         };
@@ -74,7 +78,7 @@ impl Running {
                 tasks.push(tokio::spawn(crate::admin::run(
                     gate.clone(),
                     admin,
-                    until_stopped(stopped.clone()),
+                    until_stopped(admin_stopped),
                 )));
                 Some(bound)
             }
@@ -90,6 +94,7 @@ impl Running {
             listen_address,
             admin_address,
             stop,
+            admin_stop,
             tasks,
             _watcher: watcher,
         })
@@ -104,7 +109,13 @@ impl Running {
     /// Waits until every listener has stopped (after [`Running::shutdown`]), then flushes the
     /// audit log.
     pub async fn wait(self) {
-        for task in self.tasks {
+        let mut tasks = self.tasks.into_iter();
+        // The client listener first (it returns when draining is over), then the admin one.
+        if let Some(listener) = tasks.next() {
+            let _ = listener.await;
+        }
+        let _ = self.admin_stop.send(true);
+        for task in tasks {
             let _ = task.await;
         }
         self.gate.auditor.close().await;

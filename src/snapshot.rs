@@ -65,9 +65,9 @@ pub struct Snapshot {
     upstream_scopes: Vec<String>,
     /// Directories whose changes trigger a reload: the config file's and every referenced file's.
     pub watched_dirs: Vec<PathBuf>,
-    /// Files the gate writes itself (audit logs and their rotations, as absolute path prefixes):
-    /// changes to them never trigger a reload.
-    pub written_files: Vec<PathBuf>,
+    /// The files (and the policy directory) this snapshot was built from, absolute: only changes
+    /// to them trigger a reload, so logs or audit files written next to the config never do.
+    pub watched_files: Vec<PathBuf>,
 }
 
 impl Snapshot {
@@ -104,16 +104,17 @@ impl Snapshot {
         let mut problems = Vec::new();
         let config = &loaded.config;
         let mut watched_dirs = Vec::new();
+        let mut watched_files: Vec<PathBuf> = Vec::new();
         let mut watch = |path: &std::path::Path| {
+            // Absolute, so the watcher's event paths compare with them directly.
+            let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
             if let Some(dir) = path.parent() {
-                let dir = if dir.as_os_str().is_empty() {
-                    std::path::Path::new(".")
-                } else {
-                    dir
-                };
                 if !watched_dirs.iter().any(|d: &PathBuf| d == dir) {
                     watched_dirs.push(dir.to_owned());
                 }
+            }
+            if !watched_files.contains(&path) {
+                watched_files.push(path);
             }
         };
         watch(&loaded.path);
@@ -210,7 +211,9 @@ impl Snapshot {
             watch(&loaded.resolve_path(&ca.value));
         }
         let policy_dir = loaded.policy_dir();
-        watched_dirs.push(policy_dir.clone());
+        let policy_tree = std::path::absolute(&policy_dir).unwrap_or_else(|_| policy_dir.clone());
+        watched_dirs.push(policy_tree.clone());
+        watched_files.push(policy_tree);
         let context = PolicyContext {
             providers: config
                 .providers
@@ -290,17 +293,7 @@ impl Snapshot {
             authenticator,
             policies,
             identities,
-            written_files: config
-                .audit
-                .iter()
-                .flat_map(|audit| &audit.sinks)
-                .filter_map(|sink| match sink {
-                    crate::config::SinkConfig::File(file) => {
-                        std::path::absolute(loaded.resolve_path(&file.path)).ok()
-                    }
-                    crate::config::SinkConfig::Stdout {} => None,
-                })
-                .collect(),
+            watched_files,
             config_path: loaded.path,
             watched_dirs,
         })

@@ -477,3 +477,45 @@ async fn counters_move_by_exactly_the_scripted_amounts() {
     assert!(metric(&after, "process_resident_memory_bytes") > 0.0);
     assert!(metric(&after, "process_open_fds") > 0.0);
 }
+
+/// Files written next to the configuration that it does not name (a log, the audit file) never
+/// trigger a reload; a change to the configuration itself does.
+#[tokio::test]
+async fn only_the_files_the_configuration_uses_trigger_reloads() {
+    let issuer = TestIssuer::start().await;
+    let upstream = FakeUpstream::echo(Wire::Plain, None).await;
+    let gate =
+        TestGate::start_with(&gated_config(&issuer, &upstream.url, "http", "{}"), true).await;
+    let reloads = |text: &str| {
+        metric(
+            text,
+            "synapse_gate_config_reloads_total{outcome=\"success\"}",
+        )
+    };
+    let before = reloads(&gate.metrics().await);
+    for i in 0..20 {
+        std::fs::write(gate.dir.path().join("serve.log"), format!("line {i}\n")).unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert_eq!(
+        reloads(&gate.metrics().await),
+        before,
+        "a log file next to gate.yaml is not a change"
+    );
+    let config = std::fs::read_to_string(&gate.config_path).unwrap();
+    std::fs::write(&gate.config_path, format!("{config}\n# touched\n")).unwrap();
+    let mut after = before;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        after = reloads(&gate.metrics().await);
+        if after > before {
+            break;
+        }
+    }
+    assert_eq!(
+        after,
+        before + 1.0,
+        "the configuration's own change reloads once"
+    );
+}
