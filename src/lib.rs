@@ -10,6 +10,7 @@ pub mod audit;
 pub mod authn;
 pub mod body;
 pub mod cli;
+pub mod common;
 pub mod config;
 pub mod error;
 pub mod forward;

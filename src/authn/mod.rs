@@ -10,7 +10,7 @@ mod principal;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -182,7 +182,10 @@ impl moka::Expiry<[u8; 32], Arc<CachedToken>> for UntilTokenExpiry {
         _created_at: std::time::Instant,
     ) -> Option<Duration> {
         Some(Duration::from_secs(
-            value.principal.expires_at.saturating_sub(now()),
+            value
+                .principal
+                .expires_at
+                .saturating_sub(crate::common::unix_now()),
         ))
     }
 }
@@ -353,10 +356,10 @@ impl Authenticator {
             return Err(invalid(None, Reason::TokenTooLarge));
         }
 
-        let digest = sha256(token.as_bytes());
+        let digest = crate::common::sha256(token.as_bytes());
         if let Some(cached) = self.cache.get(&digest) {
             let provider = &self.providers[cached.provider];
-            if cached.principal.expires_at + provider.skew > now()
+            if cached.principal.expires_at + provider.skew > crate::common::unix_now()
                 && provider.keys.keys().holds(&cached.key)
             {
                 return Ok(cached.principal.clone());
@@ -464,7 +467,7 @@ impl Authenticator {
         provider: &Provider,
         claims: Map<String, Value>,
     ) -> Result<Arc<Principal>, AuthnError> {
-        let now = now();
+        let now = crate::common::unix_now();
         if claims
             .get("iat")
             .and_then(Value::as_f64)
@@ -661,17 +664,4 @@ fn map_jwt_error(kind: &jsonwebtoken::errors::ErrorKind) -> Reason {
         }
         _ => Reason::BadSignature,
     }
-}
-
-fn sha256(bytes: &[u8]) -> [u8; 32] {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest.as_ref());
-    out
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }

@@ -174,12 +174,6 @@ struct ErrorResponse {
     claims: Option<String>,
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// Reads a token endpoint's answer: a token, an Entra-shaped error, or garbage.
 fn read_token_response(response: SmallResponse) -> Result<Issued, TokenError> {
     let retry_after = response
@@ -197,7 +191,7 @@ fn read_token_response(response: SmallResponse) -> Result<Issued, TokenError> {
                 parsed
                     .expires_on
                     .and_then(|e| e.value())
-                    .map(|on| on.saturating_sub(now()))
+                    .map(|on| on.saturating_sub(crate::common::unix_now()))
             })
             .ok_or_else(|| {
                 TokenError::Transport("token response without expires_in or expires_on".into())

@@ -15,7 +15,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use prometheus::{GaugeVec, IntCounterVec};
@@ -304,12 +304,6 @@ struct Inner {
 #[derive(Clone)]
 pub struct TokenBroker(Arc<Inner>);
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// When to renew a token of `lifetime`: at 80 % of its life, or five minutes before expiry if
 /// that comes first.
 fn renew_after(lifetime: Duration) -> Duration {
@@ -347,7 +341,7 @@ impl TokenBroker {
             fingerprint: identity.fingerprint.clone(),
             scope: scope.to_owned(),
             user: per_user
-                .then(|| caller.map(|(subject, _)| sha256(subject.as_bytes())))
+                .then(|| caller.map(|(subject, _)| crate::common::sha256(subject.as_bytes())))
                 .flatten(),
         };
         let slot = self.0.slots.get_with(key, || Arc::new(Slot::default()));
@@ -416,11 +410,11 @@ impl TokenBroker {
             return None;
         }
         self.0.metrics.hits.with_label_values(&[identity]).inc();
-        self.0
-            .metrics
-            .expiry
-            .with_label_values(&[identity])
-            .set(current.expires_unix.saturating_sub(unix_now()) as f64);
+        self.0.metrics.expiry.with_label_values(&[identity]).set(
+            current
+                .expires_unix
+                .saturating_sub(crate::common::unix_now()) as f64,
+        );
         Some(current.token.clone())
     }
 
@@ -485,7 +479,7 @@ impl TokenBroker {
             match result {
                 Ok(issued) => {
                     let lifetime = Duration::from_secs(issued.expires_in);
-                    let expires_unix = unix_now() + issued.expires_in;
+                    let expires_unix = crate::common::unix_now() + issued.expires_in;
                     self.0
                         .metrics
                         .expiry
@@ -669,13 +663,6 @@ impl SecretSource for Secrets<'_> {
             }
         })
     }
-}
-
-fn sha256(bytes: &[u8]) -> [u8; 32] {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest.as_ref());
-    out
 }
 
 fn jitter() -> Duration {
