@@ -12,6 +12,7 @@ pub mod body;
 pub mod cli;
 pub mod common;
 pub mod config;
+pub mod demo;
 pub mod error;
 pub mod forward;
 pub mod gate;

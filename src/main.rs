@@ -8,8 +8,12 @@ use synapse_gate::cli::{self, Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    synapse_gate::telemetry::init(cli.log_format);
+    match &cli.command {
+        Some(Command::Demo(_)) => synapse_gate::telemetry::init_with_level(cli.log_format, "warn"),
+        _ => synapse_gate::telemetry::init(cli.log_format),
+    }
     match cli.command {
+        Some(Command::Demo(args)) => demo(args),
         Some(Command::Schema) => {
             let schema = synapse_gate::config::json_schema();
             let text = serde_json::to_string_pretty(&schema).unwrap_or_default();
@@ -127,7 +131,22 @@ fn replay(args: &cli::ReplayArgs) -> ExitCode {
     }
 }
 
+fn demo(args: cli::DemoArgs) -> ExitCode {
+    let options = synapse_gate::demo::DemoOptions {
+        address: args.address,
+        admin_address: args.admin_address,
+        policies: args.policies,
+        dir: args.dir,
+    };
+    run_async(synapse_gate::demo::run(options))
+}
+
 fn serve(config: &std::path::Path) -> ExitCode {
+    run_async(cli::serve::run(config))
+}
+
+/// Runs `task` on a multi-threaded runtime; an error is logged and printed, and exits 1.
+fn run_async(task: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -138,7 +157,7 @@ fn serve(config: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cli::serve::run(config)) {
+    match runtime.block_on(task) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");

@@ -15,7 +15,13 @@ pub enum LogFormat {
 
 /// Installs the global subscriber; `RUST_LOG` overrides the default `info` level.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    init_with_level(format, "info");
+}
+
+/// Installs the global subscriber with `level` unless `RUST_LOG` says otherwise (`demo` keeps
+/// its terminal for the walk-through and logs only warnings).
+pub fn init_with_level(format: LogFormat, level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Human => false,

@@ -10,13 +10,12 @@
 //! Skipped (with a note on stderr) only when `tests/e2e/idp/node_modules` is absent and `CI` is not
 //! set; in CI the test command installs it with `npm ci`, so a missing install fails the test.
 
+#[path = "e2e/idp.rs"]
+mod idp;
 #[path = "integration/support.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -25,6 +24,7 @@ use http::{header, HeaderMap, Method, Request, StatusCode, Uri};
 use serde_json::{json, Value};
 use synapse_gate::authn::{Authenticator, KeyStores, Principal};
 
+use idp::Process;
 use support::*;
 
 /// The gate's resource indicator at the provider, and the audience the gate accepts from it.
@@ -71,111 +71,15 @@ struct IdpClient {
     auth: ClientAuth,
 }
 
-fn idp_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/idp")
-}
-
-fn in_ci() -> bool {
-    std::env::var_os("CI").is_some_and(|v| !v.is_empty())
-}
-
-/// One `node server.mjs` process. Dropping it kills the process (which also exits by itself when
-/// its stdin closes, so a test process that dies does not leave it behind).
-struct Process {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        drop(self.stdin.take());
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- oidc-provider stderr ---\n{}",
-                self.stderr.lock().unwrap()
-            );
-        }
-    }
-}
-
-impl Process {
-    /// Starts the provider on `port` (0: any) and returns it with the issuer it printed.
-    async fn spawn(tls: &Issued, port: u16, clients: &[&IdpClient]) -> (Self, String) {
-        let dir = idp_dir();
-        let clients: Vec<Value> = clients
-            .iter()
-            .map(|c| {
-                json!({
-                    "client_id": c.id,
-                    "client_secret": c.secret,
-                    "groups": c.groups,
-                    "token_endpoint_auth_method": c.auth.method(),
-                })
-            })
-            .collect();
-        let mut child = Command::new("node")
-            .arg(dir.join("server.mjs"))
-            .current_dir(&dir)
-            .env("IDP_TLS_CERT", &tls.cert)
-            .env("IDP_TLS_KEY", &tls.key)
-            .env("IDP_HOST", "127.0.0.1")
-            .env("IDP_PORT", port.to_string())
-            .env("IDP_CLIENTS", Value::from(clients).to_string())
-            .env(
-                "IDP_RESOURCES",
-                json!([GATE_RESOURCE, OTHER_RESOURCE]).to_string(),
-            )
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start `node` (is Node.js installed?): {e}"));
-        let stdin = child.stdin.take();
-
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut err_pipe = child.stderr.take().unwrap();
-        let collected = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buffer = [0u8; 4096];
-            while let Ok(n) = err_pipe.read(&mut buffer) {
-                if n == 0 {
-                    break;
-                }
-                collected
-                    .lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buffer[..n]));
-            }
-        });
-        let (ready_tx, ready_rx) = mpsc::channel::<String>();
-        let out_pipe = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out_pipe).lines() {
-                let Ok(line) = line else { break };
-                if let Some(issuer) = line.strip_prefix("READY ") {
-                    let _ = ready_tx.send(issuer.trim().to_owned());
-                }
-            }
-        });
-        let process = Self {
-            child,
-            stdin,
-            stderr,
-        };
-        let ready =
-            tokio::task::spawn_blocking(move || ready_rx.recv_timeout(Duration::from_secs(60)))
-                .await
-                .unwrap();
-        let issuer = ready.unwrap_or_else(|e| {
-            panic!(
-                "oidc-provider did not print READY ({e}); stderr:\n{}",
-                process.stderr.lock().unwrap()
-            )
-        });
-        (process, issuer)
+impl IdpClient {
+    /// How the provider is told about this client.
+    fn registration(&self) -> Value {
+        json!({
+            "client_id": self.id,
+            "client_secret": self.secret,
+            "groups": self.groups,
+            "token_endpoint_auth_method": self.auth.method(),
+        })
     }
 }
 
@@ -194,18 +98,7 @@ struct Idp {
 impl Idp {
     /// Starts the provider with a certificate from `pki`; `None` when the test is to be skipped.
     async fn start(pki: &TestPki) -> Option<Self> {
-        let dir = idp_dir();
-        if !dir.join("node_modules").is_dir() {
-            assert!(
-                !in_ci(),
-                "CI is set but {} is missing: the test command must run `npm ci` in tests/e2e/idp",
-                dir.join("node_modules").display()
-            );
-            // Straight to stderr, past the test harness's capture, so a skip is seen.
-            let _ = writeln!(
-                std::io::stderr(),
-                "skipping: the end-to-end identity provider is not installed; run `(cd tests/e2e/idp && npm ci)`"
-            );
+        if !idp::idp_installed() {
             return None;
         }
         let secret = || uuid::Uuid::new_v4().simple().to_string();
@@ -222,7 +115,13 @@ impl Idp {
             auth: ClientAuth::Post,
         };
         let tls = pki.issue("idp", &["127.0.0.1", "localhost"]);
-        let (process, issuer) = Process::spawn(&tls, 0, &[&analyst, &intern]).await;
+        let (process, issuer) = Process::spawn(
+            &tls,
+            0,
+            vec![analyst.registration(), intern.registration()],
+            &[GATE_RESOURCE, OTHER_RESOURCE],
+        )
+        .await;
         assert!(issuer.starts_with("https://127.0.0.1:"), "issuer {issuer}");
 
         // What a relying party does first: discovery, over TLS trusting only the test CA.
@@ -257,8 +156,13 @@ impl Idp {
     /// Starts the provider again on the same port, with the same clients and new signing keys.
     async fn restart(&mut self) {
         self.stop();
-        let (process, issuer) =
-            Process::spawn(&self.tls, self.port(), &[&self.analyst, &self.intern]).await;
+        let (process, issuer) = Process::spawn(
+            &self.tls,
+            self.port(),
+            vec![self.analyst.registration(), self.intern.registration()],
+            &[GATE_RESOURCE, OTHER_RESOURCE],
+        )
+        .await;
         assert_eq!(issuer, self.issuer, "same issuer after the restart");
         self.process = Some(process);
     }

@@ -53,6 +53,27 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Print the JSON Schema of gate.yaml.
     Schema,
+    /// Everything on this machine, no Azure: the gate with the example policies, a development
+    /// issuer and two simulated Synapse workspaces, with personas and commands to try.
+    Demo(DemoArgs),
+}
+
+/// Arguments of `demo`.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// The gate's address (loopback only).
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    pub address: std::net::SocketAddr,
+    /// The admin address, for /metrics and /readyz (loopback only).
+    #[arg(long, default_value = "127.0.0.1:9443")]
+    pub admin_address: std::net::SocketAddr,
+    /// The policy folder.
+    #[arg(long, default_value = "policies")]
+    pub policies: PathBuf,
+    /// Keep keys, tokens, the generated gate.yaml and the audit log in this folder instead of a
+    /// temporary one removed at exit.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
 }
 
 /// Arguments of `explain`.

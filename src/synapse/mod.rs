@@ -51,6 +51,11 @@ pub use attributes::{action_attributes, attribute_names};
 pub use path::{check_path, PathError};
 pub use resource::Resource;
 
+/// The percent-decoded text of a path segment or query value (invalid UTF-8 replaced).
+pub fn percent_decode(raw: &str) -> String {
+    path::decode(raw)
+}
+
 use table::{Seg, Table, MAX_SEGMENTS};
 
 /// The action of a request no operation matches.
