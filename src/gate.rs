@@ -29,6 +29,16 @@ impl Gate {
         let key_stores = KeyStores::new(metrics.jwks_refresh.clone());
         let tokens = crate::identity::TokenBroker::new(metrics.identity.clone());
         let loaded = crate::config::load(config_path)?;
+        // Said once at start-up, so an operator wondering why the file's address is not the one
+        // bound finds the reason in the log.
+        for variable in &loaded.overrides {
+            let value = std::env::var(variable).unwrap_or_default();
+            tracing::info!(
+                variable,
+                value,
+                "address set by the environment, not gate.yaml"
+            );
+        }
         let auditor = crate::audit::Auditor::start(&loaded, metrics.audit.clone());
         let snapshot = Snapshot::build(loaded, &key_stores, &metrics)?;
         metrics.record_reload(true);

@@ -1,13 +1,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-//! Lifecycle and streaming through the real `synapse-gate serve` binary: SIGTERM drain, reload on
-//! file change and SIGHUP (a broken file keeps the last good config), editors' atomic renames,
-//! Kubernetes ConfigMap symlink swaps, gigabyte bodies with flat memory, and the refusal to serve
-//! without providers.
+//! Lifecycle and streaming through the real `synapse-gate serve` binary: SIGTERM under load
+//! (readiness off at once, drain, exit 0), reload on file change and SIGHUP (a broken file keeps
+//! the last good config), editors' atomic renames, Kubernetes ConfigMap symlink swaps in the Helm
+//! chart's layout, listen and admin addresses from the environment, gigabyte bodies with flat
+//! memory, and the refusal to serve without providers.
 //!
-//! Every wait is a bounded poll; no test asserts how long something took. Tests that start the
-//! binary take a shared lock; the gigabyte transfers take it exclusively so their memory and
-//! throughput figures are not disturbed by the other tests.
+//! Every wait is a bounded poll; no test asserts how long something took, except that a
+//! ConfigMap policy update is in force within 2 seconds (a promise of the Kubernetes packaging).
+//! Tests that start the binary take a shared lock; the gigabyte transfers and that 2-second test
+//! take it exclusively so their figures are not disturbed by the other tests.
 
 #[path = "integration/support.rs"]
 mod support;
@@ -75,6 +77,12 @@ impl Drop for GateProcess {
 impl GateProcess {
     /// Starts `synapse-gate serve -c <config> --log-format json` without waiting for anything.
     fn launch(config: &Path) -> Self {
+        Self::launch_with_env(config, &[])
+    }
+
+    /// [`GateProcess::launch`] with extra environment variables. The `SYNAPSE_GATE_*` variables
+    /// of the test's own environment never reach the gate.
+    fn launch_with_env(config: &Path, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_synapse-gate"))
             .arg("serve")
             .arg("-c")
@@ -83,6 +91,9 @@ impl GateProcess {
             .env("RUST_LOG", "info")
             .env_remove("SYNAPSE_GATE_CONFIG")
             .env_remove("SYNAPSE_GATE_LOG_FORMAT")
+            .env_remove("SYNAPSE_GATE_LISTEN_ADDRESS")
+            .env_remove("SYNAPSE_GATE_ADMIN_ADDRESS")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -110,7 +121,12 @@ impl GateProcess {
     /// Starts the binary and waits (bounded) for its "synapse-gate is serving" line, from which
     /// the bound listen and admin addresses are read, then for `/readyz` to answer 200.
     async fn start(config: &Path) -> Self {
-        let mut gate = Self::launch(config);
+        Self::start_with_env(config, &[]).await
+    }
+
+    /// [`GateProcess::start`] with extra environment variables.
+    async fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Self {
+        let mut gate = Self::launch_with_env(config, env);
         let deadline = Instant::now() + POLL_BOUND;
         let serving = loop {
             if let Some(line) = gate.find_log(|line| {
@@ -467,27 +483,142 @@ fn megabytes_per_second(bytes: u64, elapsed: Duration) -> f64 {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 1. SIGTERM: stop accepting, drain, exit 0.
+// 1. SIGTERM: readiness off at once, stop accepting, drain, exit 0.
 // ---------------------------------------------------------------------------------------------
 
+/// What one keep-alive client connection saw.
+#[derive(Debug, Default)]
+struct WorkerReport {
+    /// Requests answered 200 with their own path echoed back.
+    ok: usize,
+    /// Requests answered 200 after SIGTERM was sent.
+    ok_after_signal: usize,
+    /// Every request that did not get its 200: status and body, or the transport error.
+    failures: Vec<String>,
+    /// The last response said `Connection: close`: the gate ended the connection between
+    /// requests, the HTTP/1.1 way, instead of cutting it.
+    told_to_close: bool,
+}
+
+/// Sends GETs back to back on one HTTP/1.1 connection opened before the test signals the gate,
+/// as a client's keep-alive pool does, until the gate answers `Connection: close` (or `stop`).
+/// A client never opens a new connection here: in Kubernetes new connections go to other pods
+/// once the endpoints are gone (see the test below).
+async fn keep_alive_worker(
+    listen: SocketAddr,
+    token: String,
+    worker: usize,
+    signalled: Arc<std::sync::OnceLock<Instant>>,
+    stop: Arc<AtomicBool>,
+) -> WorkerReport {
+    let mut report = WorkerReport::default();
+    let mut sender = http1_connection(tokio::net::TcpStream::connect(listen).await.unwrap()).await;
+    for seq in 0.. {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        if let Err(error) = sender.ready().await {
+            report.failures.push(format!(
+                "request {seq}: the connection closed while idle: {error}"
+            ));
+            break;
+        }
+        let path = format!("/slow/{worker}/{seq}");
+        let request = Request::get(&path)
+            .header(http::header::HOST, "localhost")
+            .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        let response =
+            match tokio::time::timeout(POLL_BOUND * 2, sender.send_request(request)).await {
+                Ok(Ok(response)) => response,
+                Ok(Err(error)) => {
+                    report
+                        .failures
+                        .push(format!("{path}: transport error: {error:?}"));
+                    break;
+                }
+                Err(_) => {
+                    report.failures.push(format!("{path}: no answer"));
+                    break;
+                }
+            };
+        let status = response.status();
+        let close = response
+            .headers()
+            .get(http::header::CONNECTION)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+        match response.into_body().collect().await {
+            Ok(body) if status == StatusCode::OK => {
+                let echoed: serde_json::Value = serde_json::from_slice(&body.to_bytes()).unwrap();
+                assert_eq!(
+                    echoed["path"],
+                    format!("/{worker}/{seq}"),
+                    "the answer belongs to the request"
+                );
+                report.ok += 1;
+                if signalled.get().is_some() {
+                    report.ok_after_signal += 1;
+                }
+            }
+            Ok(body) => report.failures.push(format!(
+                "{path}: {status} {}",
+                String::from_utf8_lossy(&body.to_bytes())
+            )),
+            Err(error) => report
+                .failures
+                .push(format!("{path}: body cut off: {error:?}")),
+        }
+        if close {
+            report.told_to_close = true;
+            break;
+        }
+    }
+    report
+}
+
+/// Zero-downtime shutdown under load, as Kubernetes runs it: the preStop sleep has already taken
+/// the pod out of the endpoints when SIGTERM arrives, so no new connection should come; what is
+/// left are clients' keep-alive connections, each with a request in flight. Then:
+///
+/// - `/readyz` answers 503 `draining` from the signal on (on an admin connection opened earlier,
+///   and on new ones, as the kubelet's probes use), while `/healthz` stays 200;
+/// - the client port refuses new connections (a client opening one now would be retrying
+///   elsewhere: refusing it is the point, not a failure);
+/// - every request in flight completes with 200, its response carries `Connection: close`, and
+///   the gate then closes the connection: no request on any connection fails;
+/// - the process exits 0 within the grace period the chart gives it after SIGTERM (drain + 5 s).
+///
+/// To make "every connection has a request in flight at the signal" a fact rather than likely,
+/// the upstream holds new requests just before the signal until each connection has one held;
+/// an idle keep-alive connection is closed at once on SIGTERM (hyper's graceful shutdown, like Go's
+/// and nginx's), so a request racing that close would not have been in flight at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_zero() {
+async fn sigterm_under_steady_keep_alive_load_fails_no_request_and_exits_zero_within_the_grace_period(
+) {
     let _shared = BINARY.read().await;
-    const N: usize = 20;
-    // The upstream holds every answer until the test has seen the gate refuse new connections,
-    // so all N requests are provably in flight while shutdown is under way (and answers at the
-    // earliest 1.5 s after it received them, so a slow request is what is being drained).
-    let (release, released) = tokio::sync::watch::channel(false);
+    const CONNECTIONS: usize = 8;
+    const STEADY_REQUESTS: usize = 10 * CONNECTIONS;
+    let drain = Duration::from_secs(20);
+    let grace = drain + Duration::from_secs(5);
+
+    // Every answer takes 20 ms of upstream "work"; while `hold` is set, requests wait for it to
+    // clear first (and are counted in `held`).
+    let (hold, holding) = tokio::sync::watch::channel(false);
+    let held = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let held_in_handler = held.clone();
     let upstream = FakeUpstream::start(
         Wire::Plain,
         None,
         handler(move |request| {
-            let mut released = released.clone();
+            let mut holding = holding.clone();
+            let held = held_in_handler.clone();
             async move {
-                let arrived = Instant::now();
-                let _ = released.wait_for(|go| *go).await;
-                tokio::time::sleep(Duration::from_millis(1500).saturating_sub(arrived.elapsed()))
-                    .await;
+                if *holding.borrow_and_update() {
+                    held.fetch_add(1, Ordering::SeqCst);
+                    let _ = holding.wait_for(|hold| !*hold).await;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
                 json_response(
                     StatusCode::OK,
                     &serde_json::json!({ "path": request.uri().path() }),
@@ -499,7 +630,6 @@ async fn sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_zero() {
     let issuer = TestIssuer::start().await;
     let dir = config_dir();
     let config = dir.path().join("gate.yaml");
-    let drain = Duration::from_secs(20);
     std::fs::write(
         &config,
         gate_yaml(
@@ -511,24 +641,69 @@ async fn sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_zero() {
     .unwrap();
     let mut gate = GateProcess::start(&config).await;
 
-    let caller = client(&issuer);
-    let requests: Vec<_> = (0..N)
-        .map(|i| {
-            let caller = caller.clone();
-            let url = gate.url(&format!("/slow/{i}"));
-            tokio::spawn(async move {
-                caller
-                    .try_send(Request::get(url).body(empty()).unwrap())
-                    .await
-            })
+    let token = issuer.token(serde_json::json!({}));
+    let signalled = Arc::new(std::sync::OnceLock::<Instant>::new());
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..CONNECTIONS)
+        .map(|worker| {
+            tokio::spawn(keep_alive_worker(
+                gate.listen,
+                token.clone(),
+                worker,
+                signalled.clone(),
+                stop.clone(),
+            ))
         })
         .collect();
-    eventually("the upstream received all requests", || async {
-        upstream.count() == N
+    eventually("steady load ran for a while", || async {
+        upstream.count() >= STEADY_REQUESTS
     })
     .await;
+    let mut admin =
+        http1_connection(tokio::net::TcpStream::connect(gate.admin).await.unwrap()).await;
+    assert_eq!(
+        get_on(&mut admin, "/readyz").await.unwrap().status,
+        StatusCode::OK
+    );
 
+    hold.send(true).unwrap();
+    eventually("every connection has a request in flight", || async {
+        held.load(Ordering::SeqCst) == CONNECTIONS
+    })
+    .await;
+    let before_signal = upstream.count();
     gate.signal("TERM");
+    let signal_sent = *signalled.get_or_init(Instant::now);
+
+    let ready = loop {
+        let reply = get_on(&mut admin, "/readyz").await.unwrap();
+        if reply.status == StatusCode::SERVICE_UNAVAILABLE {
+            break reply;
+        }
+        assert!(
+            signal_sent.elapsed() < POLL_BOUND,
+            "/readyz still answers {} after SIGTERM",
+            reply.status
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    println!(
+        "/readyz answered 503 {:?} after SIGTERM was sent",
+        signal_sent.elapsed()
+    );
+    assert_eq!(ready.json()["status"], "draining");
+    let probe = Client::plain().get(&gate.admin_url("/readyz")).await;
+    assert_eq!(
+        probe.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a new probe connection sees it too"
+    );
+    let health = Client::plain().get(&gate.admin_url("/healthz")).await;
+    assert_eq!(
+        health.status,
+        StatusCode::OK,
+        "draining is not dying: liveness must hold"
+    );
     let listen = gate.listen;
     eventually("new connections are refused", || async move {
         matches!(
@@ -538,25 +713,58 @@ async fn sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_zero() {
     })
     .await;
     assert!(
-        requests.iter().all(|r| !r.is_finished()),
-        "the upstream has not answered yet, so no request can have finished"
+        workers.iter().all(|w| !w.is_finished()),
+        "the held requests are still in flight, so every connection is still open"
     );
     assert_eq!(
         gate.child.try_wait().unwrap(),
         None,
-        "the gate must wait for the open requests"
+        "the gate waits for them"
     );
-    release.send(true).unwrap();
+    assert_eq!(
+        get_on(&mut admin, "/readyz").await.unwrap().status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "readiness stays off for the whole drain"
+    );
+    drop(admin);
+    hold.send(false).unwrap();
 
-    for (i, request) in requests.into_iter().enumerate() {
-        let reply = request
-            .await
-            .unwrap()
-            .unwrap_or_else(|e| panic!("in-flight request {i} was cut off by the shutdown: {e:?}"));
-        assert_eq!(reply.status, StatusCode::OK, "request {i}");
-        assert_eq!(reply.json()["path"], format!("/{i}"));
+    let status = gate
+        .wait_exit(grace.saturating_sub(signal_sent.elapsed()))
+        .await;
+    let exited_after = signal_sent.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    let mut reports = Vec::new();
+    for worker in workers {
+        reports.push(
+            tokio::time::timeout(POLL_BOUND, worker)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
     }
-    let status = gate.wait_exit(drain + Duration::from_secs(10)).await;
+    let ok: usize = reports.iter().map(|r| r.ok).sum();
+    let ok_after: usize = reports.iter().map(|r| r.ok_after_signal).sum();
+    println!(
+        "{ok} requests on {CONNECTIONS} keep-alive connections, {ok_after} of them answered after SIGTERM; \
+         the gate exited {exited_after:?} after SIGTERM (grace period {grace:?})"
+    );
+    let failures: Vec<_> = reports.iter().flat_map(|r| r.failures.iter()).collect();
+    assert!(failures.is_empty(), "requests failed: {failures:#?}");
+    assert!(ok >= STEADY_REQUESTS, "the load was steady: {ok} requests");
+    assert_eq!(
+        ok_after, CONNECTIONS,
+        "exactly the held requests completed after the signal, one per connection"
+    );
+    assert_eq!(
+        upstream.count(),
+        before_signal,
+        "nothing new reached the upstream after the signal"
+    );
+    assert!(
+        reports.iter().all(|r| r.told_to_close),
+        "every connection was closed between requests with Connection: close: {reports:#?}"
+    );
     assert_eq!(
         status.code(),
         Some(0),
@@ -774,7 +982,7 @@ async fn reload_to_a_config_without_providers_is_refused_and_the_last_good_keeps
 }
 
 // ---------------------------------------------------------------------------------------------
-// 3. Editors' atomic rename and Kubernetes ConfigMap symlink swaps.
+// 3. Editors' atomic rename, Kubernetes ConfigMap symlink swaps, addresses from the environment.
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -890,6 +1098,285 @@ async fn configmap_symlink_swap_is_picked_up_without_failed_requests() {
         gate.metric(RELOADS_ERROR).await,
         0.0,
         "no reload saw a half-swapped ConfigMap"
+    );
+}
+
+/// A directory the kubelet manages for a ConfigMap (or Secret) volume, updated the way its
+/// atomic writer updates it: each version is a folder `..<timestamp>`; `..data` is a symlink to
+/// the current one; every key is a symlink `<key> -> ..data/<key>`.
+struct ConfigMapVolume {
+    dir: PathBuf,
+    version: Option<String>,
+    serial: u32,
+}
+
+impl ConfigMapVolume {
+    fn create(dir: PathBuf) -> Self {
+        std::fs::create_dir(&dir).unwrap();
+        Self {
+            dir,
+            version: None,
+            serial: 0,
+        }
+    }
+
+    /// Publishes `files` as the new version and returns the moment it became visible (the
+    /// rename of `..data`). As the kubelet does: write a new timestamped folder, point
+    /// `..data_tmp` at it, rename that over `..data` (atomic: a reader sees the old or the new
+    /// version, never a mix), add symlinks for new keys, then delete the previous folder.
+    fn publish(&mut self, files: &[(&str, &str)]) -> Instant {
+        self.serial += 1;
+        let version = format!(
+            "..2026_11_22_10_{:02}_00.{:09}",
+            self.serial,
+            123_456_789 + self.serial
+        );
+        let folder = self.dir.join(&version);
+        std::fs::create_dir(&folder).unwrap();
+        for (name, text) in files {
+            std::fs::write(folder.join(name), text).unwrap();
+        }
+        std::os::unix::fs::symlink(&version, self.dir.join("..data_tmp")).unwrap();
+        std::fs::rename(self.dir.join("..data_tmp"), self.dir.join("..data")).unwrap();
+        let visible = Instant::now();
+        for (name, _) in files {
+            let link = self.dir.join(name);
+            if std::fs::symlink_metadata(&link).is_err() {
+                std::os::unix::fs::symlink(format!("..data/{name}"), link).unwrap();
+            }
+        }
+        if let Some(previous) = self.version.replace(version) {
+            std::fs::remove_dir_all(self.dir.join(previous)).unwrap();
+        }
+        visible
+    }
+}
+
+const POLICY_V1: &str =
+    "rules:\n  - id: v1-allows-reads\n    effect: allow\n    actions: [http.get]\n";
+const POLICY_V2: &str = "rules:\n  - id: v2-denies-reads\n    effect: deny\n    actions: [http.get]\n  - id: v2-allows-writes\n    effect: allow\n    actions: [http.post]\n";
+
+/// The Helm chart's layout: gate.yaml in one ConfigMap volume at <root>/config, the policy files
+/// in another at <root>/policies (`policies: ../policies`), each mounted as a whole directory.
+/// Policy authors change a policy; the kubelet swaps the policies volume's `..data` while a
+/// client keeps calling. The new policy must be in force within 2 seconds, and every answer
+/// during the swap must come from one policy version or the other: 200 from v1, 403 naming v2's
+/// rule, never a 5xx or a transport error, and never v1 again once v2 answered. Then gate.yaml's
+/// volume is swapped the same way (a new upstream), also within 2 seconds, with the client loop
+/// still running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configmap_policy_update_is_in_force_within_two_seconds_without_a_failed_request() {
+    // Alone among the binary tests: the 2-second bound is about the gate, not about how busy
+    // the machine's two cores are with other gates.
+    let _exclusive = BINARY.write().await;
+    let upstream = FakeUpstream::echo(Wire::Plain, None).await;
+    let issuer = TestIssuer::start().await;
+    let root = tempfile::tempdir().unwrap();
+    let mut config = ConfigMapVolume::create(root.path().join("config"));
+    let mut policies = ConfigMapVolume::create(root.path().join("policies"));
+    let yaml = format!(
+        "{}policies: ../policies\n",
+        gate_yaml(&issuer, "", &[Route::http("a", &upstream.url, "/a")])
+    );
+    config.publish(&[("gate.yaml", &yaml)]);
+    policies.publish(&[("10-reads.yaml", POLICY_V1)]);
+    let gate = GateProcess::start(&root.path().join("config/gate.yaml")).await;
+    let caller = client(&issuer);
+    let url = gate.url("/a/x");
+    assert_eq!(
+        caller.get(&url).await.status,
+        StatusCode::OK,
+        "v1 allows reads"
+    );
+
+    // The client loop: sequential requests, every outcome kept in order.
+    let stop = Arc::new(AtomicBool::new(false));
+    let loop_stop = stop.clone();
+    let (loop_caller, loop_url) = (caller.clone(), url.clone());
+    let traffic = tokio::spawn(async move {
+        let mut outcomes = Vec::new();
+        while !loop_stop.load(Ordering::SeqCst) {
+            let outcome = loop_caller
+                .try_send(Request::get(&loop_url).body(empty()).unwrap())
+                .await
+                .map(|reply| {
+                    (
+                        reply.status,
+                        String::from_utf8_lossy(&reply.body).into_owned(),
+                    )
+                })
+                .map_err(|error| format!("{error:?}"));
+            outcomes.push(outcome);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        outcomes
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let swapped = policies.publish(&[("10-reads.yaml", POLICY_V2)]);
+    let bound = Duration::from_secs(2);
+    let took = loop {
+        let reply = caller
+            .try_send(Request::get(&url).body(empty()).unwrap())
+            .await;
+        if let Ok(reply) = &reply {
+            if reply.status == StatusCode::FORBIDDEN
+                && String::from_utf8_lossy(&reply.body).contains("v2-denies-reads")
+            {
+                break swapped.elapsed();
+            }
+        }
+        assert!(
+            swapped.elapsed() < bound,
+            "the new policy is not in force {bound:?} after the ConfigMap swap; last answer: {reply:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    println!("the policy update was in force {took:?} after the kubelet's rename of ..data");
+
+    // The same for gate.yaml's own volume, whose changes only show as `..data` entries (the
+    // `gate.yaml` symlink itself never changes): a second upstream appears.
+    let other = FakeUpstream::echo(Wire::Plain, None).await;
+    let url_b = gate.url("/b/x");
+    assert_eq!(caller.get(&url_b).await.status, StatusCode::NOT_FOUND);
+    let yaml_b = format!(
+        "{}policies: ../policies\n",
+        gate_yaml(
+            &issuer,
+            "",
+            &[
+                Route::http("a", &upstream.url, "/a"),
+                Route::http("b", &other.url, "/b")
+            ]
+        )
+    );
+    let swapped = config.publish(&[("gate.yaml", &yaml_b)]);
+    let took = loop {
+        let reply = caller
+            .try_send(Request::get(&url_b).body(empty()).unwrap())
+            .await;
+        if let Ok(reply) = &reply {
+            if reply.status == StatusCode::FORBIDDEN {
+                break swapped.elapsed();
+            }
+        }
+        assert!(
+            swapped.elapsed() < bound,
+            "the new gate.yaml is not in force {bound:?} after the ConfigMap swap; last answer: {reply:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    println!("the gate.yaml update was in force {took:?} after the kubelet's rename of ..data");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    let outcomes = traffic.await.unwrap();
+
+    let mut v1 = 0;
+    let mut v2 = 0;
+    for (index, outcome) in outcomes.iter().enumerate() {
+        match outcome {
+            Ok((StatusCode::OK, _)) => {
+                assert_eq!(
+                    v2, 0,
+                    "request {index} was allowed by v1 after v2 had answered"
+                );
+                v1 += 1;
+            }
+            Ok((StatusCode::FORBIDDEN, body)) if body.contains("v2-denies-reads") => v2 += 1,
+            other => panic!("request {index} failed during the swap: {other:?}"),
+        }
+    }
+    println!("client loop: {v1} answers from policy v1, then {v2} from v2");
+    assert!(
+        v1 > 0 && v2 > 0,
+        "the client loop spanned the swap: {v1} v1, {v2} v2"
+    );
+    assert_eq!(
+        gate.metric(RELOADS_ERROR).await,
+        0.0,
+        "no reload saw a half-written volume"
+    );
+}
+
+/// `SYNAPSE_GATE_LISTEN_ADDRESS` and `SYNAPSE_GATE_ADMIN_ADDRESS` replace gate.yaml's addresses
+/// (the chart sets them from the pod spec): the file's addresses here cannot even be bound.
+/// A malformed value stops `serve` and `check` with an error naming the variable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_and_admin_addresses_from_the_environment_replace_the_files() {
+    let _shared = BINARY.read().await;
+    let upstream = FakeUpstream::echo(Wire::Plain, None).await;
+    let issuer = TestIssuer::start().await;
+    let dir = config_dir();
+    let config = dir.path().join("gate.yaml");
+    // 192.0.2.1 (TEST-NET-1) is no address of this machine: binding it fails.
+    let yaml = gate_yaml(&issuer, "", &[Route::http("a", &upstream.url, "/a")])
+        .replacen("address: 127.0.0.1:0", "address: 192.0.2.1:8443", 1)
+        .replacen("address: 127.0.0.1:0", "address: 192.0.2.1:9443", 1);
+    assert!(
+        !yaml.contains("127.0.0.1:0"),
+        "both addresses replaced:\n{yaml}"
+    );
+    std::fs::write(&config, &yaml).unwrap();
+
+    let gate = GateProcess::start_with_env(
+        &config,
+        &[
+            ("SYNAPSE_GATE_LISTEN_ADDRESS", "127.0.0.1:0"),
+            ("SYNAPSE_GATE_ADMIN_ADDRESS", "127.0.0.1:0"),
+        ],
+    )
+    .await;
+    assert!(gate.listen.ip().is_loopback() && gate.admin.ip().is_loopback());
+    assert_eq!(
+        client(&issuer).get(&gate.url("/a/x")).await.status,
+        StatusCode::OK
+    );
+    for variable in ["SYNAPSE_GATE_LISTEN_ADDRESS", "SYNAPSE_GATE_ADMIN_ADDRESS"] {
+        assert!(
+            gate.find_log(|line| line["variable"] == variable).is_some(),
+            "the log says {variable} set an address:\n{}",
+            gate.log()
+        );
+    }
+    drop(gate);
+
+    let mut refused = GateProcess::launch_with_env(
+        &config,
+        &[
+            ("SYNAPSE_GATE_LISTEN_ADDRESS", "8443"),
+            ("SYNAPSE_GATE_ADMIN_ADDRESS", "127.0.0.1:0"),
+        ],
+    );
+    let status = refused.wait_exit(POLL_BOUND).await;
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "serve with a malformed address: {status}"
+    );
+    let message = "environment variable SYNAPSE_GATE_LISTEN_ADDRESS: error: `8443` is not an `ip:port` address";
+    assert!(
+        refused.log_mentions(message),
+        "serve names the variable:\n{}",
+        refused.log()
+    );
+    assert!(!refused.log_mentions("synapse-gate is serving"));
+
+    let check = Command::new(env!("CARGO_BIN_EXE_synapse-gate"))
+        .args(["check", "-c"])
+        .arg(&config)
+        .env_remove("SYNAPSE_GATE_ADMIN_ADDRESS")
+        .env("SYNAPSE_GATE_LISTEN_ADDRESS", "8443")
+        .output()
+        .unwrap();
+    assert_eq!(
+        check.status.code(),
+        Some(1),
+        "check with a malformed address"
+    );
+    let stderr = String::from_utf8_lossy(&check.stderr);
+    assert!(
+        stderr.contains(message),
+        "check names the variable:\n{stderr}"
     );
 }
 

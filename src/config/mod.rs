@@ -5,6 +5,7 @@
 
 mod diagnostic;
 mod duration;
+pub mod env;
 mod model;
 mod secret;
 mod validate;
@@ -23,6 +24,8 @@ pub struct LoadedConfig {
     pub path: PathBuf,
     pub source: String,
     pub config: GateConfig,
+    /// The environment variables ([`env`]) whose values replaced the file's, in the order applied.
+    pub overrides: Vec<&'static str>,
 }
 
 impl LoadedConfig {
@@ -50,11 +53,13 @@ impl LoadedConfig {
     }
 }
 
-/// Reads, parses and checks `path`: every error found, each with file, line and column.
+/// Reads, parses and checks `path`, with the address overrides of [`env`] from the process
+/// environment applied: every error found, each with file, line and column.
 pub fn load(path: &Path) -> Result<LoadedConfig, Diagnostics> {
     let source = std::fs::read_to_string(path)
         .map_err(|e| Diagnostic::whole_file(path, format!("cannot read the file: {e}")))?;
-    let loaded = parse(path, source)?;
+    let mut loaded = parse(path, source)?;
+    env::apply(&mut loaded, |name| std::env::var(name).ok())?;
     let problems = validate::check(&loaded);
     if problems.is_empty() {
         Ok(loaded)
@@ -74,6 +79,7 @@ pub fn parse(path: &Path, source: String) -> Result<LoadedConfig, Diagnostics> {
         path: path.to_owned(),
         source,
         config,
+        overrides: Vec::new(),
     })
 }
 

@@ -200,7 +200,8 @@ pub struct ManagedIdentity {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListenConfig {
-    /// `ip:port` to bind, e.g. `0.0.0.0:8443`.
+    /// `ip:port` to bind, e.g. `0.0.0.0:8443`. The environment variable
+    /// `SYNAPSE_GATE_LISTEN_ADDRESS`, when set, replaces it (containers set ports in the pod spec).
     #[schemars(with = "String")]
     pub address: Spanned<String>,
     /// TLS settings; without them the gate speaks plain HTTP (meant for a sidecar on loopback).
@@ -249,7 +250,9 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    /// `ip:port` to bind, e.g. `127.0.0.1:9090`.
+    /// `ip:port` to bind, e.g. `127.0.0.1:9090`. The environment variable
+    /// `SYNAPSE_GATE_ADMIN_ADDRESS`, when set, replaces it (and enables the admin listener even
+    /// without an `admin:` section).
     #[schemars(with = "String")]
     pub address: Spanned<String>,
 }
