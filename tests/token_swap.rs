@@ -648,3 +648,45 @@ async fn sixty_second_tokens_are_renewed_in_the_background_under_steady_traffic(
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn a_relative_secret_file_is_read_beside_gate_yaml_not_the_working_directory() {
+    let s = setup().await;
+    s.emulator.register_secret_client("reader-app", "s3cret");
+    // gate.yaml, its policy and the secret in one folder that is not the working directory,
+    // the secret named relative to gate.yaml like every other path in it.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("reader.secret"), "s3cret\n").unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::write(
+        dir.path().join("policies/allow.yaml"),
+        "rules:\n  - id: allow\n    effect: allow\n    actions: [\"*\"]\n    identity: reader\n",
+    )
+    .unwrap();
+    let yaml = format!(
+        "listen:\n  address: 127.0.0.1:0\nupstreams:\n  - name: up\n    url: {}\n    kind: http\n    scope: https://dev.azuresynapse.net/.default\n    match: {{}}\nproviders:\n{}azure:\n  authority_host: {}\n  ca_file: {}\nidentities:\n  reader:\n    azure: {{ tenant: {}, client_id: reader-app, client_secret: {{ file: reader.secret }} }}\npolicies: policies\naudit:\n  sinks: [ {{ file: {{ path: audit.jsonl }} }} ]\n",
+        s.upstream.url,
+        s.issuer.provider_yaml("test"),
+        s.emulator.authority,
+        s.pki.ca_path().display(),
+        s.emulator.tenant,
+    );
+    std::fs::write(dir.path().join("gate.yaml"), yaml).unwrap();
+    assert_ne!(std::env::current_dir().unwrap(), dir.path());
+    let running = synapse_gate::server::Running::start(&dir.path().join("gate.yaml"), false)
+        .await
+        .unwrap();
+    let url = format!(
+        "http://127.0.0.1:{}/pipelines",
+        running.listen_address.port()
+    );
+    let reply = s.client().get(&url).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert!(s.emulator.count_for("reader-app") >= 1);
+    running.stop().await;
+}

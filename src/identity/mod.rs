@@ -144,9 +144,13 @@ impl Identities {
                         .identity_endpoint
                         .clone()
                         .or_else(|| env("IDENTITY_ENDPOINT"));
-                    let header = azure.identity_header.clone().or_else(|| {
-                        env("IDENTITY_HEADER").map(|_| SecretRef::Env("IDENTITY_HEADER".into()))
-                    });
+                    let header = azure
+                        .identity_header
+                        .as_ref()
+                        .map(|h| resolved(loaded, h))
+                        .or_else(|| {
+                            env("IDENTITY_HEADER").map(|_| SecretRef::Env("IDENTITY_HEADER".into()))
+                        });
                     Ok(Credential::Managed {
                         client_id: mi.client_id.clone(),
                         imds: azure.imds_endpoint.clone(),
@@ -164,7 +168,7 @@ impl Identities {
                     private_key.map(|private_key| Credential::OAuth2 {
                         token_url: oauth.token_url.clone(),
                         client_id: oauth.client_id.clone(),
-                        secret: oauth.client_secret.clone(),
+                        secret: oauth.client_secret.as_ref().map(|s| resolved(loaded, s)),
                         private_key,
                         token_exchange: oauth.token_exchange,
                     })
@@ -227,9 +231,18 @@ impl Identities {
     }
 }
 
+/// A secret reference with a relative `file` resolved against the configuration's directory,
+/// like every other path in `gate.yaml`.
+fn resolved(loaded: &LoadedConfig, secret: &SecretRef) -> SecretRef {
+    match secret {
+        SecretRef::File(path) => SecretRef::File(loaded.resolve_path(path)),
+        other => other.clone(),
+    }
+}
+
 fn app_credential(loaded: &LoadedConfig, app: &AzureApplication) -> Result<AppCredential, String> {
     match (&app.client_secret, &app.certificate) {
-        (Some(secret), None) => Ok(AppCredential::Secret(secret.clone())),
+        (Some(secret), None) => Ok(AppCredential::Secret(resolved(loaded, secret))),
         (None, Some(certificate)) => {
             let cert_path = loaded.resolve_path(&certificate.cert);
             let cert_der = crate::tls::load_certs(&cert_path)
