@@ -214,6 +214,7 @@ impl Snapshot {
         let policy_tree = std::path::absolute(&policy_dir).unwrap_or_else(|_| policy_dir.clone());
         watched_dirs.push(policy_tree.clone());
         watched_files.push(policy_tree);
+        warn_about_audit_files_in(&loaded, &watched_dirs);
         let context = PolicyContext {
             providers: config
                 .providers
@@ -307,4 +308,29 @@ fn workspace_from_url(url: &str) -> Option<String> {
     let (label, _) = host.split_once('.')?;
     (!label.is_empty() && host.parse::<std::net::IpAddr>().is_err())
         .then(|| label.to_ascii_lowercase())
+}
+
+/// An audit file inside a folder the gate watches for configuration changes wakes the watcher at
+/// every append (inotify reports each write to any file in the folder): harmless, but measurable
+/// under load, so say so once per load.
+fn warn_about_audit_files_in(loaded: &LoadedConfig, watched_dirs: &[PathBuf]) {
+    let Some(audit) = &loaded.config.audit else {
+        return;
+    };
+    for sink in &audit.sinks {
+        let config::SinkConfig::File(file) = sink else {
+            continue;
+        };
+        let path = loaded.resolve_path(&file.path);
+        let path = std::path::absolute(&path).unwrap_or(path);
+        if path
+            .parent()
+            .is_some_and(|dir| watched_dirs.iter().any(|d| d == dir))
+        {
+            tracing::warn!(
+                audit_file = %path.display(),
+                "the audit file is in a folder watched for configuration changes, so every append wakes the watcher; give audit files a folder of their own"
+            );
+        }
+    }
 }

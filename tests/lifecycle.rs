@@ -1669,3 +1669,32 @@ async fn serve_refuses_a_config_without_providers() {
         );
     }
 }
+
+#[tokio::test]
+async fn check_warns_when_the_audit_file_sits_in_the_watched_configuration_folder() {
+    let issuer = TestIssuer::start().await;
+    let dir = config_dir();
+    std::fs::create_dir(dir.path().join("audit")).unwrap();
+    let base = gate_yaml(&issuer, "", &[Route::http("up", "http://127.0.0.1:9", "/up")]);
+    let check = |audit_path: &str| {
+        std::fs::write(
+            dir.path().join("gate.yaml"),
+            format!("{base}audit:\n  sinks: [ {{ file: {{ path: {audit_path} }} }} ]\n"),
+        )
+        .unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_synapse-gate"))
+            .args(["--log-format", "human", "check", "-c"])
+            .arg(dir.path().join("gate.yaml"))
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let beside = check("audit.jsonl");
+    assert!(
+        beside.contains("give audit files a folder of their own"),
+        "{beside}"
+    );
+    let apart = check("audit/audit.jsonl");
+    assert!(!apart.contains("audit files a folder"), "{apart}");
+}

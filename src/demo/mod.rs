@@ -159,6 +159,8 @@ async fn run_in(options: &DemoOptions, policies: &Path, dir: &Path) -> anyhow::R
         workspaces.push(simulator);
     }
 
+    // The audit log gets a folder of its own: the one holding gate.yaml is watched for changes.
+    std::fs::create_dir_all(dir.join("audit"))?;
     let config = gate_config(options, policies, dir, &pki, &issuer, &workspaces);
     let config_path = dir.join("gate.yaml");
     std::fs::write(&config_path, config)?;
@@ -183,7 +185,7 @@ async fn run_in(options: &DemoOptions, policies: &Path, dir: &Path) -> anyhow::R
     let banner = banner(&running, &gate_url, &pki, &env_file, policies, dir, &tokens);
     say(&banner);
 
-    let audit_file = dir.join("audit.log");
+    let audit_file = dir.join("audit").join("audit.log");
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut tail = AuditTail::new(audit_file);
     loop {
@@ -321,7 +323,7 @@ fn gate_config(
         yaml,
         "policies: {}\naudit:\n  sinks:\n    - file: {{ path: {} }}\n",
         policies.display(),
-        dir.join("audit.log").display()
+        dir.join("audit").join("audit.log").display()
     );
     yaml
 }
@@ -347,7 +349,7 @@ fn banner(
          audit log   {audit}   (check it: {exe} audit verify {audit})\n\
          CA          {ca}\n\nPersonas (tokens valid 8 hours):\n",
         policies = policies.display(),
-        audit = dir.join("audit.log").display(),
+        audit = dir.join("audit").join("audit.log").display(),
         ca = pki.ca_file.display(),
         exe = exe_path(),
     );
