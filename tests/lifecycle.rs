@@ -1675,7 +1675,11 @@ async fn check_warns_when_the_audit_file_sits_in_the_watched_configuration_folde
     let issuer = TestIssuer::start().await;
     let dir = config_dir();
     std::fs::create_dir(dir.path().join("audit")).unwrap();
-    let base = gate_yaml(&issuer, "", &[Route::http("up", "http://127.0.0.1:9", "/up")]);
+    let base = gate_yaml(
+        &issuer,
+        "",
+        &[Route::http("up", "http://127.0.0.1:9", "/up")],
+    );
     let check = |audit_path: &str| {
         std::fs::write(
             dir.path().join("gate.yaml"),
