@@ -24,6 +24,15 @@ pub enum GateError {
     BodyTooLarge { limit: u64 },
     #[error("{0}")]
     AmbiguousPath(#[from] crate::synapse::PathError),
+    /// A request no careful server reads one way only: several `Host` headers, a request target
+    /// whose scheme is not http(s).
+    #[error("{0}")]
+    MalformedRequest(&'static str),
+    /// The `Host` names another host than the TLS server name the connection was made for.
+    #[error(
+        "the Host header names another host than the TLS server name (SNI) of this connection"
+    )]
+    Misdirected,
     #[error(transparent)]
     Authn(#[from] AuthnError),
     #[error("{}", denial_message(.rule.as_deref()))]
@@ -46,7 +55,8 @@ impl GateError {
             GateError::Route(RouteError::NoMatch) => StatusCode::NOT_FOUND,
             GateError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GateError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            GateError::AmbiguousPath(_) => StatusCode::BAD_REQUEST,
+            GateError::AmbiguousPath(_) | GateError::MalformedRequest(_) => StatusCode::BAD_REQUEST,
+            GateError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             GateError::Denied { .. } => StatusCode::FORBIDDEN,
             GateError::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             GateError::Identity(
@@ -59,6 +69,7 @@ impl GateError {
             }
             GateError::Authn(AuthnError::Unavailable { .. }) => StatusCode::SERVICE_UNAVAILABLE,
             GateError::Forward(ForwardError::BodyTooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            GateError::Forward(ForwardError::RequestBody) => StatusCode::BAD_REQUEST,
             GateError::Forward(ForwardError::Unreachable { .. }) => StatusCode::BAD_GATEWAY,
             GateError::Forward(ForwardError::Failed { .. }) => StatusCode::BAD_GATEWAY,
             GateError::Forward(ForwardError::TimedOut { .. }) => StatusCode::GATEWAY_TIMEOUT,
@@ -73,6 +84,8 @@ impl GateError {
             GateError::BodyTooLarge { .. }
             | GateError::Forward(ForwardError::BodyTooLarge { .. }) => "PayloadTooLarge",
             GateError::AmbiguousPath(_) => "AmbiguousPath",
+            GateError::MalformedRequest(_) => "MalformedRequest",
+            GateError::Misdirected => "MisdirectedRequest",
             GateError::Denied { .. } => "PolicyDenied",
             GateError::AuditUnavailable => "AuditUnavailable",
             GateError::Identity(IdentityError::Unavailable { .. }) => "WorkloadIdentityUnavailable",
@@ -81,6 +94,7 @@ impl GateError {
             GateError::Authn(AuthnError::InvalidRequest(_)) => "InvalidRequest",
             GateError::Authn(AuthnError::Missing(_) | AuthnError::Invalid { .. }) => "Unauthorized",
             GateError::Authn(AuthnError::Unavailable { .. }) => "IdentityProviderUnavailable",
+            GateError::Forward(ForwardError::RequestBody) => "MalformedRequest",
             GateError::Forward(ForwardError::Unreachable { .. }) => "UpstreamUnreachable",
             GateError::Forward(ForwardError::Failed { .. }) => "UpstreamFailed",
             GateError::Forward(ForwardError::TimedOut { .. }) => "UpstreamTimeout",
@@ -95,12 +109,16 @@ impl GateError {
             | GateError::Identity(_)
             | GateError::AuditUnavailable => "unavailable",
             GateError::Authn(_) => "unauthenticated",
-            GateError::Forward(ForwardError::BodyTooLarge { .. }) => "rejected",
+            GateError::Forward(ForwardError::BodyTooLarge { .. } | ForwardError::RequestBody) => {
+                "rejected"
+            }
             GateError::Forward(_) => "upstream_error",
             GateError::Route(_)
             | GateError::HeadersTooLarge { .. }
             | GateError::BodyTooLarge { .. }
-            | GateError::AmbiguousPath(_) => "rejected",
+            | GateError::AmbiguousPath(_)
+            | GateError::MalformedRequest(_)
+            | GateError::Misdirected => "rejected",
         }
     }
 

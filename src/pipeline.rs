@@ -30,6 +30,9 @@ use crate::synapse::{self, Resource};
 pub struct Connection {
     pub peer: SocketAddr,
     pub tls: bool,
+    /// The TLS server name (SNI) the client asked for, lowercase; `None` on plain connections
+    /// and for clients that sent none (connecting by IP address).
+    pub sni: Option<String>,
 }
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -201,6 +204,7 @@ async fn process(
 ) -> Result<Response<ResponseBody>, GateError> {
     let listen = &snapshot.listen;
     check_limits(&request, listen)?;
+    check_target(&request, connection)?;
     synapse::check_path(request.uri().path())?;
 
     let host = request_host(&request).map(str::to_owned);
@@ -370,6 +374,33 @@ fn check_limits<B>(request: &Request<B>, listen: &ListenSettings) -> Result<(), 
         return Err(GateError::BodyTooLarge {
             limit: listen.max_body_bytes,
         });
+    }
+    Ok(())
+}
+
+/// Refuses requests whose target host is not one thing: several `Host` headers or a list in
+/// one (RFC 9112 §3.2), an absolute-form target with a scheme other than http(s), and a host
+/// that is not the TLS server name the connection was made for (421, RFC 9110 §15.5.20).
+fn check_target<B>(request: &Request<B>, connection: &Connection) -> Result<(), GateError> {
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    if let (Some(first), second) = (hosts.next(), hosts.next()) {
+        if second.is_some() || first.as_bytes().contains(&b',') {
+            return Err(GateError::MalformedRequest(
+                "the request must have exactly one Host",
+            ));
+        }
+    }
+    if let Some(scheme) = request.uri().scheme_str() {
+        if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+            return Err(GateError::MalformedRequest(
+                "the request target must be a path or an http(s) URL",
+            ));
+        }
+    }
+    if let (Some(sni), Some(host)) = (&connection.sni, request_host(request)) {
+        if !crate::route::strip_port(host).eq_ignore_ascii_case(sni) {
+            return Err(GateError::Misdirected);
+        }
     }
     Ok(())
 }

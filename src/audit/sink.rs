@@ -82,6 +82,11 @@ impl Sink {
                 prev,
             } => {
                 let needed = buffer.len() as u64;
+                // Removed or replaced under the gate (a deleted directory, an operator's `mv`):
+                // lines written to the old handle would be lost, so reopen the configured path.
+                if file.as_ref().is_some_and(|open| !still_at(open, path)) {
+                    *file = None;
+                }
                 if file.is_some() && *size > 0 && *size + needed > *max_bytes {
                     *file = None;
                     rotate(path, *keep)?;
@@ -105,6 +110,21 @@ impl Sink {
             }
         }
     }
+}
+
+/// Whether `path` still names the open `file` (same device and inode).
+#[cfg(unix)]
+fn still_at(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
+        _ => false,
+    }
+}
+
+#[cfg(not(unix))]
+fn still_at(_file: &File, path: &Path) -> bool {
+    path.exists()
 }
 
 fn open_append(path: &Path) -> std::io::Result<File> {

@@ -20,6 +20,9 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 /// `X-Real-IP`: a single-address alternative to `X-Forwarded-For` some upstreams trust.
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+/// `X-Forwarded-Port` / `X-Forwarded-Prefix`: what some frameworks build absolute URLs from.
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
 /// `Keep-Alive`: HTTP/1.1 connection parameters (no constant in `http::header`).
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 /// `Proxy-Connection`: the non-standard predecessor of `Connection` some clients still send.
@@ -61,6 +64,20 @@ const IDENTITY_HEADER_NAMES: [&str; 21] = [
     "x-user",
     "x-email",
     "x-gate-principal",
+];
+
+/// Forwarding headers only the gate (or a trusted proxy, in their canonical spelling) may set:
+/// their underscore spellings are always removed (CGI/WSGI servers read `X_Forwarded_For` as
+/// `X-Forwarded-For`), and `-Port` / `-Prefix` also in their canonical spelling from untrusted
+/// peers (frameworks build absolute URLs from them).
+const FORWARDING_HEADER_NAMES: [&str; 7] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-real-ip",
+    "forwarded",
 ];
 
 /// Every header name starting with this (after mapping '_' to '-') belongs to the gate itself.
@@ -128,6 +145,8 @@ pub fn set_forwarded(headers: &mut HeaderMap, facts: &ForwardedFacts<'_>) {
         // Both carry client addresses an untrusted client could forge.
         headers.remove(FORWARDED);
         headers.remove(X_REAL_IP);
+        headers.remove(X_FORWARDED_PORT);
+        headers.remove(X_FORWARDED_PREFIX);
     }
 }
 
@@ -168,7 +187,8 @@ fn set_or_remove(headers: &mut HeaderMap, name: HeaderName, value: Option<&str>)
 }
 
 /// Removes identity headers a client must never be able to inject, in every case and
-/// underscore/hyphen variant, plus every `x-synapse-gate-*` header.
+/// underscore/hyphen variant, every `x-synapse-gate-*` header, and the underscore spellings of
+/// the forwarding headers.
 pub fn strip_identity_headers(headers: &mut HeaderMap) {
     // Scan first so the common case (no such header) allocates nothing.
     if !headers.keys().any(is_identity_header) {
@@ -184,13 +204,18 @@ pub fn strip_identity_headers(headers: &mut HeaderMap) {
     }
 }
 
-/// True when `name`, with '_' read as '-', is an identity header or a gate-internal header.
+/// True when `name`, with '_' read as '-', is an identity header or a gate-internal header, or
+/// when it is an underscore spelling of a forwarding header.
 fn is_identity_header(name: &HeaderName) -> bool {
     let name = name.as_str().as_bytes();
     let gate_prefix = GATE_HEADER_PREFIX.as_bytes();
     IDENTITY_HEADER_NAMES
         .iter()
         .any(|identity| same_header_name(name, identity.as_bytes()))
+        || (name.contains(&b'_')
+            && FORWARDING_HEADER_NAMES
+                .iter()
+                .any(|forwarding| same_header_name(name, forwarding.as_bytes())))
         || name
             .get(..gate_prefix.len())
             .is_some_and(|prefix| same_header_name(prefix, gate_prefix))

@@ -39,6 +39,10 @@ pub enum ForwardError {
     Failed { upstream: String },
     #[error("the request body is larger than the {limit}-byte limit")]
     BodyTooLarge { limit: u64 },
+    /// The client's body broke off or was malformed (bad chunked framing) while it was being
+    /// forwarded: the caller's fault, not the upstream's.
+    #[error("the request body could not be read: it is malformed or ended early")]
+    RequestBody,
 }
 
 /// Per-request facts the forwarder needs from earlier stages.
@@ -211,6 +215,18 @@ impl Forwarder {
             if let Some(io) = cause.downcast_ref::<std::io::Error>() {
                 timed_out |= io.kind() == std::io::ErrorKind::TimedOut;
             }
+        }
+        // A "user" error of the client is the request body stream failing, i.e. the caller's
+        // body (its framing or its connection), not anything the upstream did.
+        let request_body_failed =
+            std::iter::successors(Some(error as &(dyn std::error::Error + 'static)), |e| {
+                e.source()
+            })
+            .filter_map(|cause| cause.downcast_ref::<hyper::Error>())
+            .any(hyper::Error::is_user);
+        if request_body_failed {
+            tracing::info!(upstream = %self.name, error = %error_chain(error), "request body failed while forwarding");
+            return ForwardError::RequestBody;
         }
         tracing::warn!(upstream = %self.name, error = %error_chain(error), "upstream request failed");
         if error.is_connect() && timed_out {

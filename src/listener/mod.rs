@@ -36,13 +36,14 @@ pub async fn run(gate: Arc<Gate>, listener: TcpListener, shutdown: impl Future<O
                         let handshake_timeout = snapshot.listen.header_read_timeout;
                         match snapshot.listen.tls.clone() {
                             None => {
-                                serve_connection(gate, Connection { peer, tls: false }, stream, watcher).await;
+                                serve_connection(gate, Connection { peer, tls: false, sni: None }, stream, watcher).await;
                             }
                             Some(config) => {
                                 let acceptor = tokio_rustls::TlsAcceptor::from(config);
                                 match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                                     Ok(Ok(tls)) => {
-                                        serve_connection(gate, Connection { peer, tls: true }, tls, watcher).await;
+                                        let sni = tls.get_ref().1.server_name().map(str::to_ascii_lowercase);
+                                        serve_connection(gate, Connection { peer, tls: true, sni }, tls, watcher).await;
                                     }
                                     Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
                                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -94,14 +95,34 @@ async fn serve_connection<I>(
         .max_pending_accept_reset_streams(64)
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20));
+    let header_read_timeout = listen.header_read_timeout;
     let connection = Arc::new(connection);
+    // Until its first request arrives a connection gets `header_read_timeout`: hyper's own timer
+    // only starts once the protocol is known, so a client that connects and sends nothing
+    // (slowloris) would otherwise hold the connection for ever.
+    let first_request = Arc::new(tokio::sync::Notify::new());
+    let arrived = first_request.clone();
     let service = service_fn(move |request| {
+        arrived.notify_one();
         let gate = gate.clone();
         let connection = connection.clone();
         async move { Ok::<_, Infallible>(pipeline::handle(gate, connection, request).await) }
     });
-    let serving = builder.serve_connection(TokioIo::new(io), service);
-    if let Err(error) = watcher.watch(serving.into_owned()).await {
+    let serving = watcher.watch(
+        builder
+            .serve_connection(TokioIo::new(io), service)
+            .into_owned(),
+    );
+    tokio::pin!(serving);
+    let result = tokio::select! {
+        result = &mut serving => result,
+        () = first_request.notified() => serving.await,
+        () = tokio::time::sleep(header_read_timeout) => {
+            tracing::debug!("no request within the header read timeout: connection closed");
+            return;
+        }
+    };
+    if let Err(error) = result {
         tracing::debug!(error = %crate::forward::error_chain(error.as_ref()), "connection ended with an error");
     }
 }

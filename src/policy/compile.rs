@@ -1,6 +1,7 @@
 //! Loading policy files: strict parsing, validation against the vocabulary and the configuration
 //! (every error with file:line:col), glob expansion, and warnings for rules that cannot matter.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -66,6 +67,16 @@ fn has_glob(pattern: &str) -> bool {
     pattern.contains(['*', '?', '[', '{', '!', '\\'])
 }
 
+/// The path as the upstream reads it: percent-decoded (`/%61dmin` is `/admin`). Paths that
+/// could decode to something ambiguous (`%2F`, dot segments, bad UTF-8) never get this far.
+fn decoded(path: &str) -> Cow<'_, str> {
+    if path.contains('%') {
+        Cow::Owned(synapse::percent_decode(path))
+    } else {
+        Cow::Borrowed(path)
+    }
+}
+
 fn any_glob(patterns: &[String], value: &str) -> bool {
     patterns.iter().any(|p| glob_match::glob_match(p, value))
 }
@@ -101,6 +112,18 @@ impl Rule {
         self.principal == other.principal
             && self.resources == other.resources
             && self.request == other.request
+    }
+
+    /// A resource value or path in the form this rule compares it: a deny rule ignores ASCII
+    /// case (its patterns are lowercased at load), because Synapse artifact names and path
+    /// literals are case-insensitive, so a deny must catch every spelling; an allow matches only
+    /// the spelling its author wrote.
+    fn folded<'v>(&self, value: &'v str) -> Cow<'v, str> {
+        if self.effect == Effect::Deny && value.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(value.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(value)
+        }
     }
 
     /// `Ok` when every condition holds, else a description of the first that does not.
@@ -204,7 +227,7 @@ impl Rule {
         }
         for (attribute, patterns) in &self.resources {
             match facts.resource.get(attribute) {
-                Some(value) if any_glob(patterns, value) => {}
+                Some(value) if any_glob(patterns, &self.folded(value)) => {}
                 Some(value) => {
                     return Err(explain.then(|| {
                         format!(
@@ -229,7 +252,7 @@ impl Rule {
                 explain.then(|| format!("method {} is not in {}", facts.method, show(&r.methods)))
             );
         }
-        if !r.paths.is_empty() && !any_glob(&r.paths, facts.path) {
+        if !r.paths.is_empty() && !any_glob(&r.paths, &self.folded(&decoded(facts.path))) {
             return Err(explain
                 .then(|| format!("path `{}` matches none of {}", facts.path, show(&r.paths))));
         }
@@ -501,7 +524,7 @@ fn compile_rule(
             );
             continue;
         }
-        resources.push((attribute, values.value.into_vec()));
+        resources.push((attribute, fold_for(spec.effect, values.value.into_vec())));
     }
 
     let request = spec.request;
@@ -525,7 +548,7 @@ fn compile_rule(
             .into_iter()
             .map(|m| m.to_ascii_uppercase())
             .collect(),
-        paths: list(request.paths),
+        paths: fold_for(spec.effect, list(request.paths)),
         hosts: lower(request.hosts),
         source_ips,
     };
@@ -545,6 +568,15 @@ fn compile_rule(
         resources,
         request,
     })
+}
+
+/// A deny rule's resource and path patterns, lowercased: see [`Rule::folded`].
+fn fold_for(effect: Effect, patterns: Vec<String>) -> Vec<String> {
+    if effect == Effect::Deny {
+        patterns.iter().map(|p| p.to_ascii_lowercase()).collect()
+    } else {
+        patterns
+    }
 }
 
 /// Rules whose resource conditions name an attribute (or a `kind`) that none of their actions
