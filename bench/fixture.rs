@@ -105,36 +105,15 @@ async fn main() {
     let dir = Path::new(&dir);
     let write = |name: &str, contents: &str| std::fs::write(dir.join(name), contents).unwrap();
 
-    // A throw-away CA and one certificate for 127.0.0.1 / localhost, shared by every TLS hop.
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    // Distinct names: OpenSSL (nginx, HAProxy) takes a leaf whose issuer equals its subject for
-    // a self-signed certificate.
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "synapse-gate bench CA");
-    let ca =
-        rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap();
-    let server_key = rcgen::KeyPair::generate().unwrap();
-    let mut server_params =
-        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-            .unwrap();
-    server_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "synapse-gate bench server");
-    let server_cert = server_params.signed_by(&server_key, &ca).unwrap();
-    write("ca.pem", &ca.pem());
-    write("server.pem", &server_cert.pem());
-    write("server.key", &server_key.serialize_pem());
+    // A throw-away CA and one certificate for 127.0.0.1 / localhost, shared by every TLS hop:
+    // the demo's (`ca.pem`, `server.pem`, `server.key`), plus both in one file for HAProxy.
+    let pki = synapse_gate::demo::keys::DevPki::create(dir).unwrap();
+    let read = |path: &Path| std::fs::read_to_string(path).unwrap();
     write(
         "haproxy.pem",
-        &format!("{}{}", server_cert.pem(), server_key.serialize_pem()),
+        &format!("{}{}", read(&pki.cert_file), read(&pki.key_file)),
     );
-    let tls = synapse_gate::demo::https::tls_config(
-        vec![server_cert.der().clone()],
-        rustls_pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into()),
-    )
-    .unwrap();
+    let tls = pki.server_tls.clone();
 
     let upstream_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let issuer_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
