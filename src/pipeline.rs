@@ -184,7 +184,13 @@ pub async fn handle(
         snapshot.policies.claim_names(),
     );
     if !gate.auditor.record(&event).await && gate.auditor.rejects_on_failure() && forwarded {
-        // The event could not be written: the caller does not get an unaudited answer.
+        // The sink broke while this request was upstream (the health check before forwarding
+        // passed). The caller does not get an unaudited answer, and the event goes to the error
+        // log so the record of what reached Synapse survives; it holds no token or query string.
+        tracing::error!(
+            event = %serde_json::to_string(&event).unwrap_or_default(),
+            "a forwarded request could not be audited; its event is logged here instead"
+        );
         response = GateError::AuditUnavailable.into_response(&request_id);
     }
     if let Ok(value) = HeaderValue::from_str(&request_id) {

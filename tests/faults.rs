@@ -522,6 +522,99 @@ async fn audit_sink_breaking_mid_run_refuses_requests_and_heals_without_restart(
     gate.running.stop().await;
 }
 
+/// The sink breaks while a request is upstream (the check before forwarding passed): the
+/// caller gets 503, not the upstream's answer, and the event of what reached the upstream is not
+/// lost: it goes to the error log instead, without the token or the query string.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_breaking_while_a_request_is_upstream_logs_its_event_and_answers_503() {
+    let log = capture_error_log();
+    let issuer = TestIssuer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    let breaker = logs.clone();
+    // The upstream breaks the audit directory before it answers.
+    let upstream = FakeUpstream::start(
+        Wire::Plain,
+        None,
+        handler(move |_request| {
+            let logs = breaker.clone();
+            async move {
+                std::fs::remove_dir_all(&logs).unwrap();
+                std::fs::write(&logs, "not a directory").unwrap();
+                json_response(StatusCode::OK, &json!({"value": []}))
+            }
+        }),
+    )
+    .await;
+    let yaml = format!(
+        "{}audit:\n  sinks: [ {{ file: {{ path: {} }} }} ]\n  on_failure: reject\n",
+        gated_config(&issuer, &upstream.url, "http", "{}"),
+        logs.join("audit.jsonl").display()
+    );
+    let gate = TestGate::start(&yaml).await;
+    wait_ready(&gate).await;
+    let token = issuer.token(json!({}));
+    let client = Client::plain().with_token(token.clone());
+
+    let reply = client
+        .get(&gate.url("/pipelines/in-flight?secret-query=s3cr3t"))
+        .await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{reply:?}");
+    assert_eq!(reply.gate_error().0, "AuditUnavailable");
+    assert!(reply.header("retry-after").is_some());
+    assert_eq!(upstream.count(), 1);
+    let logged = log.lock().unwrap().clone();
+    let logged = String::from_utf8_lossy(&logged);
+    let line = logged
+        .lines()
+        .find(|line| line.contains("could not be audited") && line.contains("/pipelines/in-flight"))
+        .unwrap_or_else(|| panic!("no logged event in {logged}"));
+    assert!(
+        line.contains(reply.header("x-request-id").unwrap()),
+        "{line}"
+    );
+    assert!(!line.contains("s3cr3t") && !line.contains(&token), "{line}");
+
+    // The next request is refused before it is forwarded.
+    let reply = client.get(&gate.url("/pipelines/after")).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        upstream.count(),
+        1,
+        "forwarded while the sink was known broken"
+    );
+    gate.running.stop().await;
+}
+
+/// Sends this test binary's log lines at error level to a buffer (set once per process).
+fn capture_error_log() -> Arc<std::sync::Mutex<Vec<u8>>> {
+    static BUFFER: std::sync::OnceLock<Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    BUFFER
+        .get_or_init(|| {
+            let buffer: Arc<std::sync::Mutex<Vec<u8>>> = Arc::default();
+            let writer = buffer.clone();
+            let _ = tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::ERROR)
+                .with_ansi(false)
+                .with_writer(move || SharedWriter(writer.clone()))
+                .try_init();
+            buffer
+        })
+        .clone()
+}
+
+struct SharedWriter(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for SharedWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// The audit file is deleted (an operator, a careless rotation) while the gate runs: the gate
 /// notices and writes to a new file at the configured path instead of into the deleted inode.
 #[tokio::test]

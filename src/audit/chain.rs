@@ -1,7 +1,6 @@
 //! The hash chain: every line carries `prev`, the SHA-256 (hex) of the line before it, so an
 //! edited, removed, inserted or reordered line breaks the chain where it happened.
 
-use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 
@@ -10,10 +9,12 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 
 /// SHA-256 of one line (without its newline), lowercase hex.
 pub fn line_hash(line: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, line);
     let mut hex = String::with_capacity(64);
     for byte in digest.as_ref() {
-        let _ = write!(hex, "{byte:02x}");
+        hex.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        hex.push(char::from(DIGITS[usize::from(byte & 0xf)]));
     }
     hex
 }
@@ -21,9 +22,21 @@ pub fn line_hash(line: &[u8]) -> String {
 /// Prefixes a serialized event object with its version and chain link:
 /// `{"v":1,"prev":"<hash>",` + the rest of the event's fields.
 pub fn chained_line(prev: &str, event_json: &str) -> String {
+    let mut line = Vec::with_capacity(event_json.len() + 80);
+    push_chained_line(&mut line, prev, event_json);
+    String::from_utf8(line).unwrap_or_default()
+}
+
+/// [`chained_line`], appended to `out` (the writer builds a whole batch in one buffer).
+pub fn push_chained_line(out: &mut Vec<u8>, prev: &str, event_json: &str) {
     let rest = event_json.strip_prefix('{').unwrap_or(event_json);
-    let separator = if rest.starts_with('}') { "" } else { "," };
-    format!("{{\"v\":1,\"prev\":\"{prev}\"{separator}{rest}")
+    out.extend_from_slice(b"{\"v\":1,\"prev\":\"");
+    out.extend_from_slice(prev.as_bytes());
+    out.push(b'"');
+    if !rest.starts_with('}') {
+        out.push(b',');
+    }
+    out.extend_from_slice(rest.as_bytes());
 }
 
 /// What `audit verify` found.

@@ -107,19 +107,37 @@ pub struct AuditError {
 
 /// RFC 3339 UTC with milliseconds, e.g. `2026-11-22T06:00:00.123Z`.
 pub fn now_rfc3339() -> String {
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+    rfc3339(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default(),
+    )
+}
+
+/// `since` the Unix epoch as `2026-11-22T06:00:00.123Z`.
+fn rfc3339(since: std::time::Duration) -> String {
     let secs = since.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (year, month, day) = civil_from_days(days as i64);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since.subsec_millis()
-    )
+    // Digit by digit: `format!` was a visible share of the per-request cost.
+    let fields = [
+        (u64::try_from(year).unwrap_or(0), 4, '-'),
+        (u64::from(month), 2, '-'),
+        (u64::from(day), 2, 'T'),
+        (rem / 3600, 2, ':'),
+        (rem % 3600 / 60, 2, ':'),
+        (rem % 60, 2, '.'),
+        (u64::from(since.subsec_millis()), 3, 'Z'),
+    ];
+    let mut text = String::with_capacity(24);
+    for (value, width, after) in fields {
+        for power in (0..width).rev() {
+            let digit = (value / 10u64.pow(power) % 10) as u8;
+            text.push(char::from(b'0' + digit));
+        }
+        text.push(after);
+    }
+    text
 }
 
 /// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian calendar).
@@ -146,5 +164,11 @@ mod tests {
         assert_eq!(civil_from_days(20_414), (2025, 11, 22));
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
         assert_eq!(now_rfc3339().len(), 24);
+        let since = std::time::Duration::from_millis(1_795_327_200_123);
+        assert_eq!(rfc3339(since), "2026-11-22T06:00:00.123Z");
+        assert_eq!(
+            rfc3339(std::time::Duration::ZERO),
+            "1970-01-01T00:00:00.000Z"
+        );
     }
 }
