@@ -331,8 +331,6 @@ async fn process(
 fn child_traceparent(incoming: Option<&str>) -> String {
     let mut random = [0u8; 24];
     let _ = aws_lc_rs::rand::fill(&mut random);
-    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
-    let span = hex(&random[16..]);
     let valid = incoming.and_then(|value| {
         let parts: Vec<&str> = value.trim().split('-').collect();
         let is_hex = |s: &str, len: usize| {
@@ -347,12 +345,19 @@ fn child_traceparent(incoming: Option<&str>) -> String {
             && parts[1] != "0".repeat(32)
             && is_hex(parts[2], 16)
             && is_hex(parts[3], 2))
-        .then(|| (parts[1].to_owned(), parts[3].to_owned()))
+        .then(|| (parts[1], parts[3]))
     });
+    let mut traceparent = String::with_capacity(55);
+    traceparent.push_str("00-");
     match valid {
-        Some((trace, flags)) => format!("00-{trace}-{span}-{flags}"),
-        None => format!("00-{}-{span}-01", hex(&random[..16])),
+        Some((trace, _)) => traceparent.push_str(trace),
+        None => crate::common::push_hex(&mut traceparent, &random[..16]),
     }
+    traceparent.push('-');
+    crate::common::push_hex(&mut traceparent, &random[16..]);
+    traceparent.push('-');
+    traceparent.push_str(valid.map_or("01", |(_, flags)| flags));
+    traceparent
 }
 
 /// Refuses oversized header blocks (431) and declared bodies over the limit (413) before any work.
@@ -426,7 +431,7 @@ fn request_id<B>(request: &Request<B>) -> String {
         .headers()
         .get(&X_MS_CLIENT_REQUEST_ID)
         .and_then(crate::forward::headers::acceptable_request_id)
-        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+        .map_or_else(crate::common::random_uuid, str::to_owned)
 }
 
 /// The gate's base URL as this client sees it (configured, or from a trusted proxy's
@@ -568,6 +573,12 @@ mod tests {
         assert!(child.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
         assert!(child.ends_with("-01"));
         assert_ne!(child, incoming);
+        let span = &child[36..52];
+        assert!(span
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        let unsampled = child_traceparent(Some(&incoming.replace("-01", "-00")));
+        assert!(unsampled.ends_with("-00") && unsampled.len() == 55);
         for bad in [
             None,
             Some("garbage"),

@@ -9,13 +9,8 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 
 /// SHA-256 of one line (without its newline), lowercase hex.
 pub fn line_hash(line: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, line);
     let mut hex = String::with_capacity(64);
-    for byte in digest.as_ref() {
-        hex.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        hex.push(char::from(DIGITS[usize::from(byte & 0xf)]));
-    }
+    crate::common::push_hex(&mut hex, &crate::common::sha256(line));
     hex
 }
 

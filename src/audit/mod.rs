@@ -198,7 +198,7 @@ async fn write_events(
 pub fn lifecycle(what: &'static str) -> Event {
     Event {
         time: now_rfc3339(),
-        id: uuid::Uuid::new_v4().to_string(),
+        id: crate::common::random_uuid(),
         event: Some(what),
         principal: None,
         request: None,

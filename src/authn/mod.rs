@@ -536,8 +536,15 @@ fn refuse_query_token(uri: &Uri) -> Result<(), AuthnError> {
     };
     let carries_token = query.split('&').any(|pair| {
         let name = pair.split('=').next().unwrap_or_default();
-        let name = percent_decode_lower(name);
-        name == "access_token" || name == "id_token"
+        let is_token = |name: &str| {
+            name.eq_ignore_ascii_case("access_token") || name.eq_ignore_ascii_case("id_token")
+        };
+        // Most names carry no escapes: compare them in place, without decoding a copy.
+        if name.contains(['%', '+']) {
+            is_token(&percent_decode_lower(name))
+        } else {
+            is_token(name)
+        }
     });
     if carries_token {
         return Err(AuthnError::InvalidRequest(

@@ -125,7 +125,7 @@ pub fn client_claims(client_id: &str, audience: &str) -> serde_json::Value {
         "aud": audience,
         "iss": client_id,
         "sub": client_id,
-        "jti": uuid::Uuid::new_v4().to_string(),
+        "jti": crate::common::random_uuid(),
         "nbf": now,
         "iat": now,
         "exp": now + 300,
