@@ -3,7 +3,7 @@
 //! Hostile input (issue #10): spoofed forwarding and identity headers in every spelling, request
 //! smuggling shapes, path tricks aimed at rules that deny, Host/SNI mismatches, absolute-form and
 //! other odd request targets, oversized URIs and header counts, slowloris, HTTP/2 abuse (rapid
-//! reset, many streams, huge header lists) and open redirects through the `Location` rewrite.
+//! reset, many streams, huge header lists, CONTINUATION floods) and open redirects through the `Location` rewrite.
 //! Every case asserts the status the gate answers and that nothing reached the upstream.
 //!
 //! Already covered elsewhere, not repeated here: the basic spoofed `X-Forwarded-*` replacement
@@ -989,6 +989,151 @@ async fn http2_huge_header_lists_are_refused() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(env.upstream.count(), 1);
     assert_eq!(env.upstream.requests()[0].uri, "/fine");
+}
+
+/// CONTINUATION flood (VU#421644, CVE-2024-27316 and kin): a HEADERS frame without END_HEADERS
+/// followed by an endless run of CONTINUATION frames — large ones that grow the header list, or
+/// empty ones that only burn CPU — is cut off with the connection closed long before the
+/// attacker is done; nothing reaches the upstream and the next client is served.
+#[tokio::test]
+async fn http2_continuation_floods_are_cut_off_and_nothing_is_forwarded() {
+    let env = Env::start("http", "  max_header_bytes: 16384\n", &[]).await;
+    let address = env.address();
+    for (shape, payload) in [
+        ("16 kB header fragments", literal_header_block(16_000)),
+        ("empty frames", Vec::new()),
+    ] {
+        let (sent, closed) = continuation_flood(address, &env.token, &payload).await;
+        assert!(
+            closed,
+            "{shape}: the gate was still reading after {sent} bytes of CONTINUATION frames"
+        );
+        assert!(
+            sent < 64 * 1024 * 1024,
+            "{shape}: {sent} bytes were accepted before the connection was closed"
+        );
+    }
+    assert_eq!(
+        env.upstream.count(),
+        0,
+        "a flooded request reached the upstream"
+    );
+
+    let (client, _connection) = h2_connect(address).await;
+    let mut client = client.ready().await.unwrap();
+    let (response, _) = client
+        .send_request(h2_request(address, "/after", &env.token), true)
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(env.upstream.count(), 1);
+}
+
+/// Opens a prior-knowledge HTTP/2 connection, sends the start of a request's header block and
+/// then CONTINUATION frames carrying `fragment` (never END_HEADERS) until the gate closes the
+/// connection or 64 MB are sent. Returns the bytes sent and whether the gate closed it.
+async fn continuation_flood(address: SocketAddr, token: &str, fragment: &[u8]) -> (usize, bool) {
+    const HEADERS: u8 = 0x1;
+    const SETTINGS: u8 = 0x4;
+    const GOAWAY: u8 = 0x7;
+    const CONTINUATION: u8 = 0x9;
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let length = u32::try_from(payload.len()).unwrap().to_be_bytes();
+        let mut out = vec![length[1], length[2], length[3], kind, flags];
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+    let stream = TcpStream::connect(address).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    // The reader notices the gate giving up: a GOAWAY frame or the end of the connection.
+    let closed = tokio::spawn(async move {
+        let mut buffer = vec![0u8; 64 * 1024];
+        let mut seen = Vec::new();
+        loop {
+            match reader.read(&mut buffer).await {
+                Ok(0) | Err(_) => return true,
+                Ok(n) => seen.extend_from_slice(&buffer[..n]),
+            }
+            // Walk the frames received so far, looking for GOAWAY.
+            let mut at = 0;
+            while seen.len() >= at + 9 {
+                let length = usize::from(seen[at]) << 16
+                    | usize::from(seen[at + 1]) << 8
+                    | usize::from(seen[at + 2]);
+                if seen[at + 3] == GOAWAY {
+                    return true;
+                }
+                at += 9 + length;
+            }
+        }
+    });
+    let mut start = Vec::new();
+    start.extend_from_slice(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    start.extend(frame(SETTINGS, 0, 0, &[]));
+    let mut block = Vec::new();
+    for (name, value) in [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":path", "/flood"),
+        (":authority", &address.to_string()),
+        ("authorization", &format!("Bearer {token}")),
+    ] {
+        block.extend(literal_header(name.as_bytes(), value.as_bytes()));
+    }
+    start.extend(frame(HEADERS, 0x1, 1, &block)); // END_STREAM, not END_HEADERS
+    let mut sent = 0;
+    if writer.write_all(&start).await.is_err() {
+        return (sent, true);
+    }
+    sent += start.len();
+    let continuation = frame(CONTINUATION, 0, 1, fragment);
+    // A batch of frames per write keeps the test quick for the empty-frame shape.
+    let batch: Vec<u8> = continuation.repeat((64 * 1024 / continuation.len()).max(1));
+    while sent < 64 * 1024 * 1024 && !closed.is_finished() {
+        match tokio::time::timeout(Duration::from_secs(10), writer.write_all(&batch)).await {
+            Ok(Ok(())) => sent += batch.len(),
+            // A refused write or a gate that stopped reading: the connection is over.
+            Ok(Err(_)) => return (sent, true),
+            Err(_) => break,
+        }
+    }
+    let closed = tokio::time::timeout(Duration::from_secs(10), closed)
+        .await
+        .is_ok_and(|joined| joined.unwrap());
+    (sent, closed)
+}
+
+/// One HPACK "literal header field without indexing — new name" (RFC 7541 §6.2.2).
+fn literal_header(name: &[u8], value: &[u8]) -> Vec<u8> {
+    fn string(out: &mut Vec<u8>, text: &[u8]) {
+        // A 7-bit prefix integer (RFC 7541 §5.1), no Huffman coding.
+        let mut length = text.len();
+        if length < 127 {
+            out.push(u8::try_from(length).unwrap());
+        } else {
+            out.push(127);
+            length -= 127;
+            while length >= 128 {
+                out.push(u8::try_from(length % 128).unwrap() | 0x80);
+                length /= 128;
+            }
+            out.push(u8::try_from(length).unwrap());
+        }
+        out.extend_from_slice(text);
+    }
+    let mut out = vec![0x00];
+    string(&mut out, name);
+    string(&mut out, value);
+    out
+}
+
+/// A header block fragment of about `bytes` bytes: one filler header.
+fn literal_header_block(bytes: usize) -> Vec<u8> {
+    literal_header(b"x-filler", &vec![b'a'; bytes - 16])
 }
 
 // --- open redirect through the Location rewrite ---------------------------------------------
