@@ -824,6 +824,20 @@ fn h2_request(address: SocketAddr, path: &str, token: &str) -> Request<()> {
         .unwrap()
 }
 
+/// One GET on a fresh HTTP/2 connection: the status the gate answers.
+async fn h2_get_status(address: SocketAddr, path: &str, token: &str) -> StatusCode {
+    let (client, _connection) = h2_connect(address).await;
+    let mut client = client.ready().await.unwrap();
+    let (response, _) = client
+        .send_request(h2_request(address, path, token), true)
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .unwrap()
+        .unwrap()
+        .status()
+}
+
 /// Rapid reset (CVE-2023-44487): a client opening streams and cancelling them at once is cut
 /// off with GOAWAY long before it has sent 10,000, the upstream sees a bounded number of those
 /// requests, and the gate serves the next client normally.
@@ -879,16 +893,10 @@ async fn http2_rapid_reset_is_cut_off_and_the_gate_keeps_serving() {
         env.upstream.count()
     );
     // A well-behaved client is served.
-    let (client, _connection) = h2_connect(address).await;
-    let mut client = client.ready().await.unwrap();
-    let (response, _) = client
-        .send_request(h2_request(address, "/after", &env.token), true)
-        .unwrap();
-    let response = tokio::time::timeout(Duration::from_secs(10), response)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        h2_get_status(address, "/after", &env.token).await,
+        StatusCode::OK
+    );
 }
 
 /// The gate limits concurrent streams per connection (SETTINGS_MAX_CONCURRENT_STREAMS), so one
@@ -977,16 +985,10 @@ async fn http2_huge_header_lists_are_refused() {
 
     // Many small header blocks one after another on one connection: each refused alike, and
     // the next connection is served.
-    let (client, _connection) = h2_connect(address).await;
-    let mut client = client.ready().await.unwrap();
-    let (response, _) = client
-        .send_request(h2_request(address, "/fine", &env.token), true)
-        .unwrap();
-    let response = tokio::time::timeout(Duration::from_secs(10), response)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        h2_get_status(address, "/fine", &env.token).await,
+        StatusCode::OK
+    );
     assert_eq!(env.upstream.count(), 1);
     assert_eq!(env.upstream.requests()[0].uri, "/fine");
 }
@@ -1019,16 +1021,10 @@ async fn http2_continuation_floods_are_cut_off_and_nothing_is_forwarded() {
         "a flooded request reached the upstream"
     );
 
-    let (client, _connection) = h2_connect(address).await;
-    let mut client = client.ready().await.unwrap();
-    let (response, _) = client
-        .send_request(h2_request(address, "/after", &env.token), true)
-        .unwrap();
-    let response = tokio::time::timeout(Duration::from_secs(10), response)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        h2_get_status(address, "/after", &env.token).await,
+        StatusCode::OK
+    );
     assert_eq!(env.upstream.count(), 1);
 }
 
