@@ -342,7 +342,7 @@ fn child_traceparent(incoming: Option<&str>) -> String {
             && is_hex(parts[0], 2)
             && parts[0] != "ff"
             && is_hex(parts[1], 32)
-            && parts[1] != "0".repeat(32)
+            && parts[1].bytes().any(|b| b != b'0')
             && is_hex(parts[2], 16)
             && is_hex(parts[3], 2))
         .then(|| (parts[1], parts[3]))

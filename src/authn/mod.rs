@@ -541,7 +541,8 @@ fn refuse_query_token(uri: &Uri) -> Result<(), AuthnError> {
         };
         // Most names carry no escapes: compare them in place, without decoding a copy.
         if name.contains(['%', '+']) {
-            is_token(&percent_decode_lower(name))
+            // Form encoding: '+' is a space, "%2B" a plus.
+            is_token(&crate::synapse::percent_decode(&name.replace('+', " ")))
         } else {
             is_token(name)
         }
@@ -552,30 +553,6 @@ fn refuse_query_token(uri: &Uri) -> Result<(), AuthnError> {
         ));
     }
     Ok(())
-}
-
-fn percent_decode_lower(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let decoded = (bytes[i] == b'%')
-            .then(|| bytes.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|hex| std::str::from_utf8(hex).ok())
-            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
-        match decoded {
-            Some(byte) => {
-                out.push(byte);
-                i += 3;
-            }
-            None => {
-                out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).to_ascii_lowercase()
 }
 
 /// The single `Authorization: Bearer` token of a request.
