@@ -88,7 +88,18 @@ impl Running {
         } else {
             None
         };
-        tracing::info!(%listen_address, admin = ?admin_address, "synapse-gate is serving");
+        let runtime = tokio::runtime::Handle::current();
+        let scheduler = match runtime.runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::CurrentThread => "current_thread",
+            _ => "multi_thread",
+        };
+        tracing::info!(
+            %listen_address,
+            admin = ?admin_address,
+            scheduler,
+            workers = runtime.metrics().num_workers(),
+            "synapse-gate is serving"
+        );
         Ok(Self {
             gate,
             listen_address,

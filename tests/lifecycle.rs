@@ -83,7 +83,22 @@ impl GateProcess {
     /// [`GateProcess::launch`] with extra environment variables. The `SYNAPSE_GATE_*` variables
     /// of the test's own environment never reach the gate.
     fn launch_with_env(config: &Path, env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_synapse-gate"))
+        Self::launch_on(config, env, None)
+    }
+
+    /// [`GateProcess::launch_with_env`], on the given CPUs only (`taskset -c <cpus>`) if set.
+    fn launch_on(config: &Path, env: &[(&str, &str)], cpus: Option<&str>) -> Self {
+        let binary = env!("CARGO_BIN_EXE_synapse-gate");
+        let mut command = match cpus {
+            // taskset execs the gate, so the child's pid is the gate's.
+            Some(cpus) => {
+                let mut taskset = Command::new("taskset");
+                taskset.args(["-c", cpus, binary]);
+                taskset
+            }
+            None => Command::new(binary),
+        };
+        let mut child = command
             .arg("serve")
             .arg("-c")
             .arg(config)
@@ -126,7 +141,12 @@ impl GateProcess {
 
     /// [`GateProcess::start`] with extra environment variables.
     async fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Self {
-        let mut gate = Self::launch_with_env(config, env);
+        Self::start_on(config, env, None).await
+    }
+
+    /// [`GateProcess::start_with_env`], on the given CPUs only if set.
+    async fn start_on(config: &Path, env: &[(&str, &str)], cpus: Option<&str>) -> Self {
+        let mut gate = Self::launch_on(config, env, cpus);
         let deadline = Instant::now() + POLL_BOUND;
         let serving = loop {
             if let Some(line) = gate.find_log(|line| {
@@ -895,6 +915,64 @@ async fn broken_config_on_reload_keeps_serving_and_a_fixed_one_takes_effect() {
     assert_eq!(caller.get(&gate.url("/a/x")).await.status, StatusCode::OK);
     assert!(gate.metric(RELOADS_OK).await > successes_before);
     assert!(b.count() >= 1);
+}
+
+/// Confined to one CPU (a sidecar with a one-CPU limit, or `taskset`), the gate runs Tokio's
+/// single-threaded scheduler, and everything that runs beside requests still works there:
+/// serving, the admin listener, reload on SIGHUP and on file change, and the drain on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_one_cpu_the_gate_runs_one_thread_and_serves_reloads_and_drains() {
+    let _shared = BINARY.read().await;
+    let a = FakeUpstream::echo(Wire::Plain, None).await;
+    let b = FakeUpstream::echo(Wire::Plain, None).await;
+    let issuer = TestIssuer::start().await;
+    let dir = config_dir();
+    let config = dir.path().join("gate.yaml");
+    std::fs::write(
+        &config,
+        gate_yaml(&issuer, "", &[Route::http("a", &a.url, "/a")]),
+    )
+    .unwrap();
+    let mut gate = GateProcess::start_on(&config, &[], Some("0")).await;
+    let serving = gate
+        .find_log(|line| line["message"] == "synapse-gate is serving")
+        .unwrap();
+    assert_eq!(serving["scheduler"], "current_thread", "{serving}");
+    assert_eq!(serving["workers"], 1, "{serving}");
+
+    let caller = client(&issuer);
+    for _ in 0..20 {
+        assert_eq!(caller.get(&gate.url("/a/x")).await.status, StatusCode::OK);
+    }
+    assert_eq!(a.count(), 20);
+
+    let successes = gate.metric(RELOADS_OK).await;
+    gate.signal("HUP");
+    eventually("SIGHUP causes a successful reload", || async {
+        gate.metric(RELOADS_OK).await > successes
+    })
+    .await;
+    std::fs::write(
+        &config,
+        gate_yaml(
+            &issuer,
+            "",
+            &[
+                Route::http("a", &a.url, "/a"),
+                Route::http("b", &b.url, "/b"),
+            ],
+        ),
+    )
+    .unwrap();
+    eventually("the edited file adds route /b", || async {
+        caller.get(&gate.url("/b/x")).await.status == StatusCode::OK
+    })
+    .await;
+    assert!(b.count() >= 1);
+
+    gate.signal("TERM");
+    let status = gate.wait_exit(POLL_BOUND).await;
+    assert!(status.success(), "exit status {status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
