@@ -16,8 +16,9 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue, Method};
 use synapse_gate::audit::{
-    chain, AuditDecision, AuditPrincipal, AuditRequest, AuditUpstream, Event,
+    chain, AuditDecision, AuditRequest, AuditUpstream, Event, EventPrincipal,
 };
+use synapse_gate::authn::Principal;
 use synapse_gate::forward::headers::{
     set_forwarded, strip_hop_by_hop, strip_identity_headers, ForwardedFacts,
 };
@@ -141,14 +142,22 @@ fn audit(c: &mut Criterion) {
         time: "2026-11-22T06:00:00.123Z".to_owned(),
         id: "9b1c7c8e-8a9e-11f1-9f8b-02fc00000001".to_owned(),
         event: None,
-        principal: Some(AuditPrincipal {
-            provider: "corp".to_owned(),
-            iss: "https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0"
-                .to_owned(),
-            sub: "alice".to_owned(),
-            email: Some("alice@contoso.example".to_owned()),
-            groups: vec!["analysts".to_owned(), "finance".to_owned()],
-            ..AuditPrincipal::default()
+        principal: Some(EventPrincipal {
+            principal: Arc::new(Principal {
+                provider: "corp".to_owned(),
+                iss: "https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0"
+                    .to_owned(),
+                sub: "alice".to_owned(),
+                email: Some("alice@contoso.example".to_owned()),
+                name: None,
+                groups: vec!["analysts".to_owned(), "finance".to_owned()],
+                roles: Vec::new(),
+                scopes: Vec::new(),
+                client_id: None,
+                claims: serde_json::Map::new(),
+                expires_at: 0,
+            }),
+            claims: serde_json::Map::new(),
         }),
         request: Some(AuditRequest {
             method: "GET".to_owned(),

@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tracing::Instrument;
 
-use crate::audit::{AuditDecision, AuditError, AuditPrincipal, AuditRequest, AuditUpstream, Event};
+use crate::audit::{AuditDecision, AuditError, AuditRequest, AuditUpstream, Event, EventPrincipal};
 use crate::authn::Principal;
 use crate::body::ResponseBody;
 use crate::config::UpstreamKind;
@@ -33,6 +33,20 @@ pub struct Connection {
     /// The TLS server name (SNI) the client asked for, lowercase; `None` on plain connections
     /// and for clients that sent none (connecting by IP address).
     pub sni: Option<String>,
+    /// The peer's address as the audit log writes it (an IPv4-mapped IPv6 address as IPv4),
+    /// formatted once per connection rather than once per request.
+    pub source_ip: String,
+}
+
+impl Connection {
+    pub fn new(peer: SocketAddr, tls: bool, sni: Option<String>) -> Self {
+        Self {
+            peer,
+            tls,
+            sni,
+            source_ip: peer.ip().to_canonical().to_string(),
+        }
+    }
 }
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -76,7 +90,7 @@ impl Record {
                 host: request_host(request).unwrap_or_default().to_owned(),
                 // Never the query string: it may carry secrets.
                 path: request.uri().path().to_owned(),
-                source_ip: connection.peer.ip().to_canonical().to_string(),
+                source_ip: connection.source_ip.clone(),
                 user_agent: header("user-agent"),
                 client_request_id: request
                     .headers()
@@ -100,19 +114,15 @@ impl Record {
         started: Instant,
         claim_names: &[String],
     ) -> Event {
-        let principal = self.principal.map(|p| AuditPrincipal {
-            provider: p.provider.clone(),
-            iss: p.iss.clone(),
-            sub: p.sub.clone(),
-            email: p.email.clone(),
-            groups: p.groups.clone(),
-            roles: p.roles.clone(),
-            scopes: p.scopes.clone(),
-            client_id: p.client_id.clone(),
+        let principal = self.principal.map(|principal| EventPrincipal {
             claims: claim_names
                 .iter()
-                .filter_map(|name| p.claims.get(name).map(|v| (name.clone(), v.clone())))
+                .filter_map(|name| {
+                    let value = principal.claims.get(name)?;
+                    Some((name.clone(), value.clone()))
+                })
                 .collect(),
+            principal,
         });
         Event {
             time: crate::audit::now_rfc3339(),
@@ -283,10 +293,11 @@ async fn process(
         return Err(GateError::AuditUnavailable);
     }
 
-    let path_and_query = match request.uri().query() {
-        Some(query) => format!("{}?{query}", routed.path),
-        None => routed.path.to_owned(),
-    };
+    let path_and_query = crate::common::concat(&[
+        routed.path,
+        request.uri().query().map_or("", |_| "?"),
+        request.uri().query().unwrap_or_default(),
+    ]);
     let external_base = external_base(listen, connection, &request, host.as_deref(), routed.prefix);
 
     // The upstream call is a child span of the caller's trace, or the root of a new one.
@@ -444,7 +455,7 @@ fn external_base<B>(
     prefix: &str,
 ) -> String {
     if let Some(configured) = &listen.external_url {
-        return format!("{configured}{prefix}");
+        return crate::common::concat(&[configured, prefix]);
     }
     let header = |name: &HeaderName| request.headers().get(name)?.to_str().ok();
     let from_proxy = listen.is_trusted_proxy(connection.peer.ip().to_canonical());
@@ -458,7 +469,7 @@ fn external_base<B>(
         .flatten()
         .or(host)
         .unwrap_or_default();
-    format!("{scheme}://{host}{prefix}")
+    crate::common::concat(&[scheme, "://", host, prefix])
 }
 
 fn observe(
@@ -511,24 +522,20 @@ async fn workload_token(
             retry_after: 5,
         })?;
     // Per-user identities (on-behalf-of) exchange the caller's own token, cached per user.
-    let caller_token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' ').map(|(_, token)| token.trim()));
-    let user_key = format!("{}\n{}", principal.iss, principal.sub);
-    let caller = identity
-        .is_per_user()
-        .then_some(caller_token.map(|token| (user_key.as_str(), token)))
-        .flatten();
-    let token = tokens
+    let user_key;
+    let caller = if identity.is_per_user() {
+        user_key = format!("{}\n{}", principal.iss, principal.sub);
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' ').map(|(_, token)| token.trim()))
+            .map(|token| (user_key.as_str(), token))
+    } else {
+        None
+    };
+    Ok(tokens
         .token(&snapshot.identities, identity, scope, caller)
-        .await?;
-    HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-        GateError::Identity(IdentityError::Unavailable {
-            identity: identity.name.clone(),
-            retry_after: 5,
-        })
-    })
+        .await?)
 }
 
 fn count_decision(metrics: &Metrics, decision: &Decision) {

@@ -4,8 +4,10 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Serialize, Serializer};
 
+use crate::authn::Principal;
 use crate::synapse::Resource;
 
 /// One request, as the audit log records it (`v` and `prev` are added by the writer).
@@ -17,7 +19,7 @@ pub struct Event {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub principal: Option<AuditPrincipal>,
+    pub principal: Option<EventPrincipal>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request: Option<AuditRequest>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -38,7 +40,45 @@ pub struct Event {
     pub duration_ms: f64,
 }
 
-/// Every principal attribute the policy language can match on.
+/// The caller of a request as its event records it: the authenticated principal itself, shared
+/// rather than copied field by field (a copy was about ten allocations per request), with the
+/// claims the policies refer to. It serialises exactly as [`AuditPrincipal`], which reads it back.
+#[derive(Debug, Clone)]
+pub struct EventPrincipal {
+    pub principal: Arc<Principal>,
+    pub claims: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Serialize for EventPrincipal {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let p = &*self.principal;
+        let mut out = serializer.serialize_struct("AuditPrincipal", 9)?;
+        out.serialize_field("provider", &p.provider)?;
+        out.serialize_field("iss", &p.iss)?;
+        out.serialize_field("sub", &p.sub)?;
+        if let Some(email) = &p.email {
+            out.serialize_field("email", email)?;
+        }
+        for (name, values) in [
+            ("groups", &p.groups),
+            ("roles", &p.roles),
+            ("scopes", &p.scopes),
+        ] {
+            if !values.is_empty() {
+                out.serialize_field(name, values)?;
+            }
+        }
+        if let Some(client_id) = &p.client_id {
+            out.serialize_field("client_id", client_id)?;
+        }
+        if !self.claims.is_empty() {
+            out.serialize_field("claims", &self.claims)?;
+        }
+        out.end()
+    }
+}
+
+/// Every principal attribute the policy language can match on, as read back from the log.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AuditPrincipal {
     pub provider: String,
@@ -170,5 +210,56 @@ mod tests {
             rfc3339(std::time::Duration::ZERO),
             "1970-01-01T00:00:00.000Z"
         );
+    }
+
+    /// The event's view of a principal writes what `AuditPrincipal` (which `replay` reads
+    /// back) writes for the same caller, field for field and in the same order.
+    #[test]
+    fn event_principal_serialises_as_audit_principal() {
+        let full = Principal {
+            provider: "corp".into(),
+            iss: "https://idp.example".into(),
+            sub: "alice".into(),
+            email: Some("alice@example.com".into()),
+            name: Some("Alice".into()),
+            groups: vec!["analysts".into(), "finance".into()],
+            roles: vec!["Reader".into()],
+            scopes: vec!["synapse.read".into()],
+            client_id: Some("app-1".into()),
+            claims: serde_json::Map::new(),
+            expires_at: 0,
+        };
+        let sparse = Principal {
+            email: None,
+            name: None,
+            groups: Vec::new(),
+            roles: Vec::new(),
+            scopes: Vec::new(),
+            client_id: None,
+            ..full.clone()
+        };
+        let mut claims = serde_json::Map::new();
+        claims.insert("department".into(), serde_json::json!("finance"));
+        for (principal, claims) in [(full, claims), (sparse, serde_json::Map::new())] {
+            let view = EventPrincipal {
+                principal: Arc::new(principal.clone()),
+                claims: claims.clone(),
+            };
+            let copy = AuditPrincipal {
+                provider: principal.provider,
+                iss: principal.iss,
+                sub: principal.sub,
+                email: principal.email,
+                groups: principal.groups,
+                roles: principal.roles,
+                scopes: principal.scopes,
+                client_id: principal.client_id,
+                claims,
+            };
+            let written = serde_json::to_string(&view).unwrap();
+            assert_eq!(written, serde_json::to_string(&copy).unwrap());
+            let read: AuditPrincipal = serde_json::from_str(&written).unwrap();
+            assert_eq!(serde_json::to_string(&read).unwrap(), written);
+        }
     }
 }

@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use event::{
     now_rfc3339, AuditDecision, AuditError, AuditPrincipal, AuditRequest, AuditUpstream, Event,
+    EventPrincipal,
 };
 
 use crate::config::{AuditConfig, LoadedConfig, OnFailure, SinkConfig};
@@ -100,8 +101,11 @@ impl Auditor {
     /// Records an event. With `reject`, waits until it is written and says whether it was; with
     /// `continue`, queues it (counting a drop when the queue is full) and returns `true`.
     pub async fn record(&self, event: &Event) -> bool {
-        let json = match serde_json::to_string(event) {
-            Ok(json) => json,
+        // One allocation of about the usual event's size, rather than growing from empty.
+        let mut json = Vec::with_capacity(1024);
+        let json = match serde_json::to_writer(&mut json, event) {
+            // serde_json writes UTF-8 only.
+            Ok(()) => String::from_utf8(json).unwrap_or_default(),
             Err(error) => {
                 tracing::error!(%error, "cannot serialise an audit event");
                 return !self.reject;

@@ -75,7 +75,9 @@ impl Sink {
         for event in events {
             let start = buffer.len();
             push_chained_line(&mut buffer, &chain, event);
-            chain = line_hash(&buffer[start..]);
+            let hash = crate::common::sha256(&buffer[start..]);
+            chain.clear();
+            crate::common::push_hex(&mut chain, &hash);
             buffer.push(b'\n');
         }
         match self {

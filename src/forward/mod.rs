@@ -186,7 +186,7 @@ impl Forwarder {
     }
 
     fn upstream_uri(&self, path_and_query: &str) -> Result<Uri, ForwardError> {
-        let joined = format!("{}{}", self.base_path, path_and_query);
+        let joined = crate::common::concat(&[&self.base_path, path_and_query]);
         Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
+use http::HeaderValue;
 use prometheus::{GaugeVec, IntCounterVec};
 
 use crate::config::{
@@ -45,7 +46,8 @@ pub enum IdentityError {
 pub struct Identity {
     pub name: String,
     /// Name plus settings: a changed identity never reuses tokens of its previous settings.
-    fingerprint: String,
+    /// Shared, as every request's cache key holds it.
+    fingerprint: Arc<str>,
     credential: Credential,
 }
 
@@ -180,7 +182,7 @@ impl Identities {
                         name.clone(),
                         Arc::new(Identity {
                             name: name.clone(),
-                            fingerprint: format!("{name}:{config:?}"),
+                            fingerprint: Arc::from(format!("{name}:{config:?}")),
                             credential,
                         }),
                     );
@@ -265,12 +267,26 @@ fn app_credential(loaded: &LoadedConfig, app: &AzureApplication) -> Result<AppCr
     }
 }
 
-/// A cached token.
+/// A cached token, kept as the upstream `Authorization` value it becomes: built once per token
+/// rather than once per request (the value is over a kilobyte).
 struct Cached {
-    token: Arc<str>,
+    bearer: HeaderValue,
     expires_at: Instant,
     refresh_at: Instant,
     expires_unix: u64,
+}
+
+/// `Bearer <token>` as a header value, marked sensitive (never indexed by HPACK, never printed
+/// by `Debug`). A token that is not header text is an invalid answer of the token endpoint.
+fn bearer(token: &str) -> Result<HeaderValue, TokenError> {
+    let mut value = String::with_capacity(7 + token.len());
+    value.push_str("Bearer ");
+    value.push_str(token);
+    let mut value = HeaderValue::try_from(value).map_err(|_| {
+        TokenError::Transport("the token endpoint sent a token that is not header text".into())
+    })?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 /// One cache key's state: the current token, the single-flight lock, the failure back-off.
@@ -284,7 +300,7 @@ struct Slot {
 
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct Key {
-    fingerprint: String,
+    fingerprint: Arc<str>,
     scope: String,
     /// Hash of the caller's subject, for per-user identities.
     user: Option<[u8; 32]>,
@@ -341,14 +357,15 @@ impl TokenBroker {
         }))
     }
 
-    /// A token for `scope` as `identity`. `caller` is (subject key, caller token) for per-user identities.
+    /// A token for `scope` as `identity`, as the `Authorization` value `Bearer <token>` (marked
+    /// sensitive). `caller` is (subject key, caller token) for per-user identities.
     pub async fn token(
         &self,
         identities: &Arc<Identities>,
         identity: &Arc<Identity>,
         scope: &str,
         caller: Option<(&str, &str)>,
-    ) -> Result<Arc<str>, IdentityError> {
+    ) -> Result<HeaderValue, IdentityError> {
         let per_user = identity.is_per_user();
         let key = Key {
             fingerprint: identity.fingerprint.clone(),
@@ -388,7 +405,7 @@ impl TokenBroker {
         let assertion = caller.map(|(_, token)| token);
         match self.fetch(identities, identity, scope, assertion).await {
             Ok(cached) => {
-                let token = cached.token.clone();
+                let token = cached.bearer.clone();
                 slot.current.store(Some(Arc::new(cached)));
                 *slot.failed.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 Ok(token)
@@ -416,7 +433,7 @@ impl TokenBroker {
     }
 
     /// The cached token when it is still good to hand out (not within its last seconds).
-    fn fresh(&self, slot: &Slot, identity: &str) -> Option<Arc<str>> {
+    fn fresh(&self, slot: &Slot, identity: &str) -> Option<HeaderValue> {
         let current = slot.current.load_full()?;
         let lifetime_left = current.expires_at.checked_duration_since(Instant::now())?;
         if lifetime_left < Duration::from_secs(5) {
@@ -428,7 +445,7 @@ impl TokenBroker {
                 .expires_unix
                 .saturating_sub(crate::common::unix_now()) as f64,
         );
-        Some(current.token.clone())
+        Some(current.bearer.clone())
     }
 
     fn renew_in_background(
@@ -500,7 +517,7 @@ impl TokenBroker {
                         .set(issued.expires_in as f64);
                     tracing::debug!(identity = %identity.name, expires_in = issued.expires_in, "workload token obtained");
                     return Ok(Cached {
-                        token: Arc::from(issued.access_token),
+                        bearer: bearer(&issued.access_token)?,
                         expires_at: started + lifetime,
                         refresh_at: started + renew_after(lifetime),
                         expires_unix,
@@ -586,9 +603,9 @@ impl TokenBroker {
         }
         .cloned()
         .ok_or_else(|| TokenError::Config("no identity can read Key Vault secrets".into()))?;
-        let token: Pin<Box<dyn Future<Output = Result<Arc<str>, IdentityError>> + Send + '_>> =
+        let token: Pin<Box<dyn Future<Output = Result<HeaderValue, IdentityError>> + Send + '_>> =
             Box::pin(self.token(identities, &identity, KEY_VAULT_SCOPE, None));
-        let token = token
+        let bearer = token
             .await
             .map_err(|e| TokenError::Transport(format!("no Key Vault token: {e}")))?;
         let url = format!(
@@ -596,13 +613,14 @@ impl TokenBroker {
             reference.vault.trim_end_matches('/'),
             crate::outbound::percent_encode(&reference.secret)
         );
-        let authorization = format!("Bearer {token}");
+        // Built from a `String` by `bearer`, so always text.
+        let authorization = bearer.to_str().unwrap_or_default();
         let response = identities
             .http
             .send(
                 http::Method::GET,
                 &url,
-                &[("Authorization", &authorization)],
+                &[("Authorization", authorization)],
                 None,
             )
             .await?;

@@ -36,14 +36,14 @@ pub async fn run(gate: Arc<Gate>, listener: TcpListener, shutdown: impl Future<O
                         let handshake_timeout = snapshot.listen.header_read_timeout;
                         match snapshot.listen.tls.clone() {
                             None => {
-                                serve_connection(gate, Connection { peer, tls: false, sni: None }, stream, watcher).await;
+                                serve_connection(gate, Connection::new(peer, false, None), stream, watcher).await;
                             }
                             Some(config) => {
                                 let acceptor = tokio_rustls::TlsAcceptor::from(config);
                                 match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                                     Ok(Ok(tls)) => {
                                         let sni = tls.get_ref().1.server_name().map(str::to_ascii_lowercase);
-                                        serve_connection(gate, Connection { peer, tls: true, sni }, tls, watcher).await;
+                                        serve_connection(gate, Connection::new(peer, true, sni), tls, watcher).await;
                                     }
                                     Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
                                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
