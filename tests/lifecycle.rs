@@ -345,6 +345,39 @@ fn gate_yaml(issuer: &TestIssuer, listen_extra: &str, routes: &[Route<'_>]) -> S
 }
 
 /// A fresh config directory holding `policies/allow-all.yaml` (these tests are not about policy).
+/// The reload tests' world: two echo upstreams, an issuer, and the two configs they switch
+/// between — `/a` routed alone, then `/a` and `/b`.
+struct RoutesAThenB {
+    a: FakeUpstream,
+    b: FakeUpstream,
+    issuer: TestIssuer,
+}
+
+impl RoutesAThenB {
+    async fn start() -> Self {
+        Self {
+            a: FakeUpstream::echo(Wire::Plain, None).await,
+            b: FakeUpstream::echo(Wire::Plain, None).await,
+            issuer: TestIssuer::start().await,
+        }
+    }
+
+    fn only_a(&self) -> String {
+        gate_yaml(&self.issuer, "", &[Route::http("a", &self.a.url, "/a")])
+    }
+
+    fn a_and_b(&self) -> String {
+        gate_yaml(
+            &self.issuer,
+            "",
+            &[
+                Route::http("a", &self.a.url, "/a"),
+                Route::http("b", &self.b.url, "/b"),
+            ],
+        )
+    }
+}
+
 fn config_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     write_allow_all_policy(dir.path());
@@ -856,23 +889,13 @@ async fn sigterm_with_a_hung_upstream_exits_zero_after_the_drain_bound() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_config_on_reload_keeps_serving_and_a_fixed_one_takes_effect() {
     let _shared = BINARY.read().await;
-    let a = FakeUpstream::echo(Wire::Plain, None).await;
-    let b = FakeUpstream::echo(Wire::Plain, None).await;
-    let issuer = TestIssuer::start().await;
+    let world = RoutesAThenB::start().await;
     let dir = config_dir();
     let config = dir.path().join("gate.yaml");
-    let only_a = gate_yaml(&issuer, "", &[Route::http("a", &a.url, "/a")]);
-    let a_and_b = gate_yaml(
-        &issuer,
-        "",
-        &[
-            Route::http("a", &a.url, "/a"),
-            Route::http("b", &b.url, "/b"),
-        ],
-    );
-    std::fs::write(&config, &only_a).unwrap();
+    let a_and_b = world.a_and_b();
+    std::fs::write(&config, world.only_a()).unwrap();
     let gate = GateProcess::start(&config).await;
-    let caller = client(&issuer);
+    let caller = client(&world.issuer);
     assert_eq!(caller.get(&gate.url("/a/x")).await.status, StatusCode::OK);
     let errors_before = gate.metric(RELOADS_ERROR).await;
 
@@ -907,14 +930,14 @@ async fn broken_config_on_reload_keeps_serving_and_a_fixed_one_takes_effect() {
         StatusCode::NOT_FOUND,
         "nothing of the broken file is in force"
     );
-    assert_eq!(b.count(), 0);
+    assert_eq!(world.b.count(), 0);
 
     let successes_before = gate.metric(RELOADS_OK).await;
     std::fs::write(&config, &a_and_b).unwrap();
     until_status(&caller, &gate.url("/b/x"), StatusCode::OK).await;
     assert_eq!(caller.get(&gate.url("/a/x")).await.status, StatusCode::OK);
     assert!(gate.metric(RELOADS_OK).await > successes_before);
-    assert!(b.count() >= 1);
+    assert!(world.b.count() >= 1);
 }
 
 /// Confined to one CPU (a sidecar with a one-CPU limit, or `taskset`), the gate runs Tokio's
@@ -923,16 +946,10 @@ async fn broken_config_on_reload_keeps_serving_and_a_fixed_one_takes_effect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_one_cpu_the_gate_runs_one_thread_and_serves_reloads_and_drains() {
     let _shared = BINARY.read().await;
-    let a = FakeUpstream::echo(Wire::Plain, None).await;
-    let b = FakeUpstream::echo(Wire::Plain, None).await;
-    let issuer = TestIssuer::start().await;
+    let world = RoutesAThenB::start().await;
     let dir = config_dir();
     let config = dir.path().join("gate.yaml");
-    std::fs::write(
-        &config,
-        gate_yaml(&issuer, "", &[Route::http("a", &a.url, "/a")]),
-    )
-    .unwrap();
+    std::fs::write(&config, world.only_a()).unwrap();
     let mut gate = GateProcess::start_on(&config, &[], Some("0")).await;
     let serving = gate
         .find_log(|line| line["message"] == "synapse-gate is serving")
@@ -940,11 +957,11 @@ async fn on_one_cpu_the_gate_runs_one_thread_and_serves_reloads_and_drains() {
     assert_eq!(serving["scheduler"], "current_thread", "{serving}");
     assert_eq!(serving["workers"], 1, "{serving}");
 
-    let caller = client(&issuer);
+    let caller = client(&world.issuer);
     for _ in 0..20 {
         assert_eq!(caller.get(&gate.url("/a/x")).await.status, StatusCode::OK);
     }
-    assert_eq!(a.count(), 20);
+    assert_eq!(world.a.count(), 20);
 
     let successes = gate.metric(RELOADS_OK).await;
     gate.signal("HUP");
@@ -952,23 +969,12 @@ async fn on_one_cpu_the_gate_runs_one_thread_and_serves_reloads_and_drains() {
         gate.metric(RELOADS_OK).await > successes
     })
     .await;
-    std::fs::write(
-        &config,
-        gate_yaml(
-            &issuer,
-            "",
-            &[
-                Route::http("a", &a.url, "/a"),
-                Route::http("b", &b.url, "/b"),
-            ],
-        ),
-    )
-    .unwrap();
+    std::fs::write(&config, world.a_and_b()).unwrap();
     eventually("the edited file adds route /b", || async {
         caller.get(&gate.url("/b/x")).await.status == StatusCode::OK
     })
     .await;
-    assert!(b.count() >= 1);
+    assert!(world.b.count() >= 1);
 
     gate.signal("TERM");
     let status = gate.wait_exit(POLL_BOUND).await;
@@ -1066,33 +1072,16 @@ async fn reload_to_a_config_without_providers_is_refused_and_the_last_good_keeps
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn editor_atomic_rename_is_picked_up_without_failed_requests() {
     let _shared = BINARY.read().await;
-    let a = FakeUpstream::echo(Wire::Plain, None).await;
-    let b = FakeUpstream::echo(Wire::Plain, None).await;
-    let issuer = TestIssuer::start().await;
+    let world = RoutesAThenB::start().await;
     let dir = config_dir();
     let config = dir.path().join("gate.yaml");
-    std::fs::write(
-        &config,
-        gate_yaml(&issuer, "", &[Route::http("a", &a.url, "/a")]),
-    )
-    .unwrap();
+    std::fs::write(&config, world.only_a()).unwrap();
     let gate = GateProcess::start(&config).await;
-    let caller = client(&issuer);
+    let caller = client(&world.issuer);
     let traffic = Traffic::start(caller.clone(), gate.url("/a/x"));
 
     let temporary = dir.path().join("gate.yaml.tmp");
-    std::fs::write(
-        &temporary,
-        gate_yaml(
-            &issuer,
-            "",
-            &[
-                Route::http("a", &a.url, "/a"),
-                Route::http("b", &b.url, "/b"),
-            ],
-        ),
-    )
-    .unwrap();
+    std::fs::write(&temporary, world.a_and_b()).unwrap();
     std::fs::rename(&temporary, &config).unwrap();
     until_status(&caller, &gate.url("/b/x"), StatusCode::OK).await;
 
@@ -1126,21 +1115,14 @@ fn configmap_publish(dir: &Path, version: &str, yaml: &str, first: bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configmap_symlink_swap_is_picked_up_without_failed_requests() {
     let _shared = BINARY.read().await;
-    let a = FakeUpstream::echo(Wire::Plain, None).await;
-    let b = FakeUpstream::echo(Wire::Plain, None).await;
-    let issuer = TestIssuer::start().await;
+    let world = RoutesAThenB::start().await;
     let dir = tempfile::tempdir().unwrap();
     let first = "..2026_11_22_06_00_00.000000001";
     let second = "..2026_11_22_06_05_00.000000002";
-    configmap_publish(
-        dir.path(),
-        first,
-        &gate_yaml(&issuer, "", &[Route::http("a", &a.url, "/a")]),
-        true,
-    );
+    configmap_publish(dir.path(), first, &world.only_a(), true);
     let config = dir.path().join("gate.yaml");
     let gate = GateProcess::start(&config).await;
-    let caller = client(&issuer);
+    let caller = client(&world.issuer);
     assert_eq!(
         caller.get(&gate.url("/b/x")).await.status,
         StatusCode::NOT_FOUND
@@ -1148,19 +1130,7 @@ async fn configmap_symlink_swap_is_picked_up_without_failed_requests() {
     let traffic = Traffic::start(caller.clone(), gate.url("/a/x"));
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    configmap_publish(
-        dir.path(),
-        second,
-        &gate_yaml(
-            &issuer,
-            "",
-            &[
-                Route::http("a", &a.url, "/a"),
-                Route::http("b", &b.url, "/b"),
-            ],
-        ),
-        false,
-    );
+    configmap_publish(dir.path(), second, &world.a_and_b(), false);
     // The kubelet then removes the previous version.
     std::fs::remove_dir_all(dir.path().join(first)).unwrap();
     until_status(&caller, &gate.url("/b/x"), StatusCode::OK).await;
