@@ -293,11 +293,10 @@ async fn process(
         return Err(GateError::AuditUnavailable);
     }
 
-    let path_and_query = crate::common::concat(&[
-        routed.path,
-        request.uri().query().map_or("", |_| "?"),
-        request.uri().query().unwrap_or_default(),
-    ]);
+    let path_and_query = match request.uri().query() {
+        Some(query) => crate::common::concat(&[routed.path, "?", query]),
+        None => routed.path.to_owned(),
+    };
     let external_base = external_base(listen, connection, &request, host.as_deref(), routed.prefix);
 
     // The upstream call is a child span of the caller's trace, or the root of a new one.

@@ -10,8 +10,14 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 /// SHA-256 of one line (without its newline), lowercase hex.
 pub fn line_hash(line: &[u8]) -> String {
     let mut hex = String::with_capacity(64);
-    crate::common::push_hex(&mut hex, &crate::common::sha256(line));
+    set_line_hash(&mut hex, line);
     hex
+}
+
+/// Replaces `hash` with the hash of `line`, reusing its buffer (the writer does this per line).
+pub fn set_line_hash(hash: &mut String, line: &[u8]) {
+    hash.clear();
+    crate::common::push_hex(hash, &crate::common::sha256(line));
 }
 
 /// Prefixes a serialized event object with its version and chain link:

@@ -10,7 +10,7 @@ use tokio::io::AsyncWriteExt;
 
 use std::time::{Duration, Instant};
 
-use super::chain::{line_hash, push_chained_line, GENESIS};
+use super::chain::{line_hash, push_chained_line, set_line_hash, GENESIS};
 
 /// One destination of audit lines.
 pub enum Sink {
@@ -75,9 +75,7 @@ impl Sink {
         for event in events {
             let start = buffer.len();
             push_chained_line(&mut buffer, &chain, event);
-            let hash = crate::common::sha256(&buffer[start..]);
-            chain.clear();
-            crate::common::push_hex(&mut chain, &hash);
+            set_line_hash(&mut chain, &buffer[start..]);
             buffer.push(b'\n');
         }
         match self {
