@@ -20,13 +20,26 @@ pub fn push_hex(out: &mut String, bytes: &[u8]) {
     }
 }
 
-/// A random UUID (version 4) from the process's userspace generator: a request id per request
-/// without a `getrandom` system call each time.
+/// A random UUID (version 4) from aws-lc's generator, for ids that must not be guessable (the
+/// `jti` of client assertions).
 pub fn random_uuid() -> String {
     let mut bytes = [0u8; 16];
     // aws-lc's generator only fails when the kernel cannot seed it, and then the process
     // could not have completed a TLS handshake either; zeros still make a well-formed id.
     let _ = aws_lc_rs::rand::fill(&mut bytes);
+    hyphenated_v4(bytes)
+}
+
+/// A new request id: a version 4 UUID from a fast per-thread generator (`fastrand`, seeded from
+/// the OS once per thread). Request ids and trace ids need to be distinct, not secret: a caller
+/// may choose its own with `x-ms-client-request-id`. aws-lc's DRBG (`random_uuid`) cost about
+/// 3 % of the gate's CPU at saturation for these two per-request draws.
+pub fn request_uuid() -> String {
+    hyphenated_v4(fastrand::u128(..).to_le_bytes())
+}
+
+/// `bytes` as a lowercase hyphenated version 4 UUID, encoded on the stack.
+fn hyphenated_v4(bytes: [u8; 16]) -> String {
     let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
     uuid::Builder::from_random_bytes(bytes)
         .into_uuid()
@@ -63,11 +76,24 @@ mod tests {
 
     #[test]
     fn random_uuids_are_version_4_and_distinct() {
-        let (a, b) = (random_uuid(), random_uuid());
-        assert_ne!(a, b);
-        let parsed = uuid::Uuid::parse_str(&a).expect("a UUID");
-        assert_eq!(parsed.get_version_num(), 4);
-        assert_eq!(a, parsed.hyphenated().to_string());
+        for make in [random_uuid, request_uuid] {
+            let ids: std::collections::HashSet<String> = (0..1000).map(|_| make()).collect();
+            assert_eq!(ids.len(), 1000);
+            for id in &ids {
+                let parsed = uuid::Uuid::parse_str(id).expect("a UUID");
+                assert_eq!(parsed.get_version_num(), 4);
+                assert_eq!(*id, parsed.hyphenated().to_string());
+            }
+        }
+    }
+
+    #[test]
+    fn request_ids_differ_between_threads() {
+        let here: Vec<String> = (0..100).map(|_| request_uuid()).collect();
+        let there = std::thread::spawn(|| (0..100).map(|_| request_uuid()).collect::<Vec<_>>())
+            .join()
+            .expect("thread");
+        assert!(here.iter().all(|id| !there.contains(id)));
     }
 
     #[test]

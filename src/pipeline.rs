@@ -35,7 +35,7 @@ pub struct Connection {
     pub sni: Option<String>,
     /// The peer's address as the audit log writes it (an IPv4-mapped IPv6 address as IPv4),
     /// formatted once per connection rather than once per request.
-    pub source_ip: String,
+    pub source_ip: Arc<str>,
 }
 
 impl Connection {
@@ -44,7 +44,7 @@ impl Connection {
             peer,
             tls,
             sni,
-            source_ip: peer.ip().to_canonical().to_string(),
+            source_ip: peer.ip().to_canonical().to_string().into(),
         }
     }
 }
@@ -339,8 +339,11 @@ async fn process(
 /// A W3C `traceparent` for the upstream call: the caller's trace id (when its header is valid)
 /// with a new span id, or a new trace.
 fn child_traceparent(incoming: Option<&str>) -> String {
+    // Trace and span ids must be unique, not secret (W3C Trace Context §3.2.2.3): the request
+    // id's fast generator, not the DRBG.
     let mut random = [0u8; 24];
-    let _ = aws_lc_rs::rand::fill(&mut random);
+    random[..16].copy_from_slice(&fastrand::u128(..).to_le_bytes());
+    random[16..].copy_from_slice(&fastrand::u64(..).to_le_bytes());
     let valid = incoming.and_then(|value| {
         let parts: Vec<&str> = value.trim().split('-').collect();
         let is_hex = |s: &str, len: usize| {
@@ -441,7 +444,7 @@ fn request_id<B>(request: &Request<B>) -> String {
         .headers()
         .get(&X_MS_CLIENT_REQUEST_ID)
         .and_then(crate::forward::headers::acceptable_request_id)
-        .map_or_else(crate::common::random_uuid, str::to_owned)
+        .map_or_else(crate::common::request_uuid, str::to_owned)
 }
 
 /// The gate's base URL as this client sees it (configured, or from a trusted proxy's

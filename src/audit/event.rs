@@ -107,7 +107,7 @@ pub struct AuditRequest {
     pub host: String,
     pub path: String,
     #[serde(default)]
-    pub source_ip: String,
+    pub source_ip: Arc<str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

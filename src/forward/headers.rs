@@ -4,6 +4,7 @@
 //! apply to which direction. The functions avoid allocating when there is nothing to change,
 //! because they run on every request and response.
 
+use std::io::Write as _;
 use std::net::IpAddr;
 
 use http::header::{
@@ -129,18 +130,30 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// `X-Forwarded-For` chain and existing `-Proto` / `-Host` values are kept.
 pub fn set_forwarded(headers: &mut HeaderMap, facts: &ForwardedFacts<'_>) {
     // A dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d; upstreams expect a.b.c.d.
-    let peer = facts.peer_ip.to_canonical().to_string();
+    // Formatted on the stack: this runs on every request.
+    let mut peer_buffer = [0u8; 64];
+    let peer = {
+        let mut cursor = std::io::Cursor::new(&mut peer_buffer[..]);
+        let _ = write!(cursor, "{}", facts.peer_ip.to_canonical());
+        let written = usize::try_from(cursor.position()).unwrap_or_default();
+        std::str::from_utf8(&peer_buffer[..written]).unwrap_or_default()
+    };
+    let scheme = match facts.scheme {
+        "https" => Some(HeaderValue::from_static("https")),
+        "http" => Some(HeaderValue::from_static("http")),
+        other => HeaderValue::from_str(other).ok(),
+    };
     if facts.peer_is_trusted {
-        append_forwarded_for(headers, &peer);
+        append_forwarded_for(headers, peer);
         if !headers.contains_key(X_FORWARDED_PROTO) {
-            set_or_remove(headers, X_FORWARDED_PROTO, Some(facts.scheme));
+            set_value_or_remove(headers, X_FORWARDED_PROTO, scheme);
         }
         if !headers.contains_key(X_FORWARDED_HOST) {
             set_or_remove(headers, X_FORWARDED_HOST, facts.host);
         }
     } else {
-        set_or_remove(headers, X_FORWARDED_FOR, Some(&peer));
-        set_or_remove(headers, X_FORWARDED_PROTO, Some(facts.scheme));
+        set_or_remove(headers, X_FORWARDED_FOR, Some(peer));
+        set_value_or_remove(headers, X_FORWARDED_PROTO, scheme);
         set_or_remove(headers, X_FORWARDED_HOST, facts.host);
         // Both carry client addresses an untrusted client could forge.
         headers.remove(FORWARDED);
@@ -176,7 +189,12 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: &str) {
 /// Replaces all instances of `name` with `value`, or removes them when `value` is absent or
 /// cannot be a header value (a header must never carry something the gate did not vouch for).
 fn set_or_remove(headers: &mut HeaderMap, name: HeaderName, value: Option<&str>) {
-    match value.and_then(|text| HeaderValue::from_str(text).ok()) {
+    let value = value.and_then(|text| HeaderValue::from_str(text).ok());
+    set_value_or_remove(headers, name, value);
+}
+
+fn set_value_or_remove(headers: &mut HeaderMap, name: HeaderName, value: Option<HeaderValue>) {
+    match value {
         Some(value) => {
             headers.insert(name, value);
         }

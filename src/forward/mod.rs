@@ -253,14 +253,17 @@ impl Forwarder {
     ) -> Response<ResponseBody> {
         let (mut parts, body) = response.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
-        let rewriter = self
-            .rewrite_urls
-            .then(|| UrlRewriter::new(&self.base_url, external_base))
-            .flatten();
-        let Some(rewriter) = rewriter else {
+        if !self.rewrite_urls {
             return Response::from_parts(parts, body.map_err(Into::into).boxed_unsync());
-        };
-        rewriter.rewrite_headers(&mut parts.headers);
+        }
+        // Building the rewriter parses both bases, so it is built only for a URL to rewrite.
+        let rewriter = || UrlRewriter::new(&self.base_url, external_base);
+        let has_url_header = rewrite::URL_HEADERS
+            .iter()
+            .any(|name| parts.headers.contains_key(name));
+        if let Some(rewriter) = has_url_header.then(rewriter).flatten() {
+            rewriter.rewrite_headers(&mut parts.headers);
+        }
 
         let inspect = parts
             .headers
@@ -273,7 +276,11 @@ impl Forwarder {
         }
         let body = match read_up_to(body, self.rewrite_body_limit).await {
             ReadAhead::Complete(bytes) => {
-                let bytes = match rewriter.rewrite_next_link(&bytes) {
+                let rewritten = rewrite::may_hold_next_link(&bytes)
+                    .then(rewriter)
+                    .flatten()
+                    .and_then(|rewriter| rewriter.rewrite_next_link(&bytes));
+                let bytes = match rewritten {
                     Some(rewritten) => {
                         parts
                             .headers
