@@ -134,6 +134,14 @@ fn headers(c: &mut Criterion) {
     c.bench_function("rewrite nextLink (1.3 KB list page)", |b| {
         b.iter(|| rewriter.rewrite_next_link(black_box(body.as_bytes())))
     });
+    // The last page of a list, the usual case: nothing to rewrite, decided without walking the JSON.
+    let last_page = format!(
+        r#"{{"value":[{}]}}"#,
+        vec![r#"{"name":"nightly_load","properties":{"activities":[]}}"#; 20].join(",")
+    );
+    c.bench_function("check a list page without nextLink (1.2 KB)", |b| {
+        b.iter(|| rewriter.rewrite_next_link(black_box(last_page.as_bytes())))
+    });
 }
 
 fn audit(c: &mut Criterion) {
