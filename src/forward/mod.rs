@@ -258,10 +258,10 @@ impl Forwarder {
         }
         // Building the rewriter parses both bases, so it is built only for a URL to rewrite.
         let rewriter = || UrlRewriter::new(&self.base_url, external_base);
-        let has_url_header = rewrite::URL_HEADERS
-            .iter()
-            .any(|name| parts.headers.contains_key(name));
-        if let Some(rewriter) = has_url_header.then(rewriter).flatten() {
+        if let Some(rewriter) = rewrite::has_url_headers(&parts.headers)
+            .then(rewriter)
+            .flatten()
+        {
             rewriter.rewrite_headers(&mut parts.headers);
         }
 

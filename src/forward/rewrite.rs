@@ -19,7 +19,7 @@ const OPERATION_LOCATION: HeaderName = HeaderName::from_static("operation-locati
 const AZURE_ASYNC_OPERATION: HeaderName = HeaderName::from_static("azure-asyncoperation");
 
 /// Response headers whose values are URLs the client is expected to follow.
-pub const URL_HEADERS: [HeaderName; 3] = [LOCATION, OPERATION_LOCATION, AZURE_ASYNC_OPERATION];
+const URL_HEADERS: [HeaderName; 3] = [LOCATION, OPERATION_LOCATION, AZURE_ASYNC_OPERATION];
 
 /// The top-level member of a JSON list body that points at the next page.
 const NEXT_LINK_KEY: &str = "nextLink";
@@ -148,6 +148,11 @@ impl UrlRewriter {
         rewritten.extend_from_slice(after);
         Some(Bytes::from(rewritten))
     }
+}
+
+/// Whether the response has a header whose URL [`UrlRewriter::rewrite_headers`] may rewrite.
+pub fn has_url_headers(headers: &HeaderMap) -> bool {
+    URL_HEADERS.iter().any(|name| headers.contains_key(name))
 }
 
 /// Whether `body` could hold a `"nextLink"` member: the key as written, or with `\u` escapes
