@@ -335,28 +335,67 @@ fn content_length(headers: &http::HeaderMap) -> Option<u64> {
         .ok()
 }
 
-enum ReadAhead {
+enum ReadAhead<B> {
     Complete(Bytes),
-    TooLarge(Bytes, Incoming),
+    TooLarge(Bytes, B),
     Failed(hyper::Error),
 }
 
 /// Reads the whole body if it fits in `limit` bytes; otherwise hands back what was read and the rest.
 /// Trailers are not kept: JSON list responses never carry them.
-async fn read_up_to(mut body: Incoming, limit: usize) -> ReadAhead {
-    let mut buffer = BytesMut::new();
+async fn read_up_to<B>(mut body: B, limit: usize) -> ReadAhead<B>
+where
+    B: http_body::Body<Data = Bytes, Error = hyper::Error> + Unpin,
+{
+    let mut read = Gathered::One(Bytes::new());
     loop {
         match body.frame().await {
-            None => return ReadAhead::Complete(buffer.freeze()),
+            None => return ReadAhead::Complete(read.into_bytes()),
             Some(Err(error)) => return ReadAhead::Failed(error),
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
-                    buffer.extend_from_slice(&data);
-                    if buffer.len() > limit {
-                        return ReadAhead::TooLarge(buffer.freeze(), body);
+                    read.push(data);
+                    if read.len() > limit {
+                        return ReadAhead::TooLarge(read.into_bytes(), body);
                     }
                 }
             }
+        }
+    }
+}
+
+/// A body read so far. A page usually arrives as one frame, which is kept as it came; bytes are
+/// copied into one buffer only once a second frame arrives.
+enum Gathered {
+    One(Bytes),
+    Many(BytesMut),
+}
+
+impl Gathered {
+    fn push(&mut self, data: Bytes) {
+        match self {
+            Gathered::One(first) if first.is_empty() => *first = data,
+            Gathered::One(first) => {
+                let mut joined = BytesMut::with_capacity(first.len() + data.len());
+                joined.extend_from_slice(first);
+                joined.extend_from_slice(&data);
+                *self = Gathered::Many(joined);
+            }
+            Gathered::Many(joined) => joined.extend_from_slice(&data),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Gathered::One(bytes) => bytes.len(),
+            Gathered::Many(joined) => joined.len(),
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self {
+            Gathered::One(bytes) => bytes,
+            Gathered::Many(joined) => joined.freeze(),
         }
     }
 }
@@ -371,4 +410,63 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body::Frame;
+    use http_body_util::StreamBody;
+
+    fn frames(
+        pieces: &[&'static [u8]],
+    ) -> impl http_body::Body<Data = Bytes, Error = hyper::Error> + Unpin {
+        let frames: Vec<_> = pieces
+            .iter()
+            .map(|piece| Ok(Frame::data(Bytes::from_static(piece))))
+            .collect();
+        StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    #[tokio::test]
+    async fn a_body_in_one_frame_is_kept_without_a_copy() {
+        let page: &'static [u8] = br#"{"value":[]}"#;
+        let ReadAhead::Complete(read) = read_up_to(frames(&[page]), 1024).await else {
+            panic!("a 12-byte body is within a 1 KiB limit");
+        };
+        assert_eq!(&read[..], page);
+        assert_eq!(
+            read.as_ptr(),
+            page.as_ptr(),
+            "the frame's bytes, not a copy"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_in_several_frames_is_joined_in_order() {
+        let ReadAhead::Complete(read) =
+            read_up_to(frames(&[b"", b"{\"value\":", b"", b"[1,", b"2]}"]), 1024).await
+        else {
+            panic!("a 14-byte body is within a 1 KiB limit");
+        };
+        assert_eq!(&read[..], b"{\"value\":[1,2]}");
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_hands_back_what_was_read_and_the_rest() {
+        for pieces in [
+            &[&b"0123456789"[..], b"abc"][..],
+            &[b"01234", b"56789", b"abc"],
+        ] {
+            let ReadAhead::TooLarge(prefix, rest) = read_up_to(frames(pieces), 8).await else {
+                panic!("a 13-byte body is over an 8-byte limit");
+            };
+            let whole = Prefixed::new(prefix, rest)
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes();
+            assert_eq!(&whole[..], b"0123456789abc");
+        }
+    }
 }
