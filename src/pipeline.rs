@@ -204,7 +204,10 @@ pub async fn handle(
         response = GateError::AuditUnavailable.into_response(&request_id);
     }
     if let Ok(value) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert(X_REQUEST_ID.clone(), value);
+        response.headers_mut().insert(
+            X_REQUEST_ID.clone(),
+            crate::forward::headers::unique_per_request(value),
+        );
     }
     observe(&gate.metrics, &labels, response.status(), started);
     response

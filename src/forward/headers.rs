@@ -264,6 +264,15 @@ pub fn acceptable_request_id(value: &HeaderValue) -> Option<&str> {
     acceptable.then_some(id)
 }
 
+/// A header value that is new on every request (a request id, a `traceparent`), marked so HTTP/2
+/// never enters it in the HPACK table. Indexing it saves nothing, as it never repeats, and costs
+/// the encoder on both ends: every value was added to the table, evicting entries that do repeat,
+/// and each new one was compared with all the earlier ones still there under the same name.
+pub fn unique_per_request(mut value: HeaderValue) -> HeaderValue {
+    value.set_sensitive(true);
+    value
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

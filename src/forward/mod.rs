@@ -317,12 +317,15 @@ fn prepare_request_headers(headers: &mut http::HeaderMap, outbound: &Outbound<'_
     if let Some(traceparent) = &outbound.traceparent {
         headers.insert(
             header::HeaderName::from_static("traceparent"),
-            traceparent.clone(),
+            headers::unique_per_request(traceparent.clone()),
         );
     }
     headers::set_forwarded(headers, &outbound.forwarded);
     if let Ok(value) = HeaderValue::from_str(outbound.request_id) {
-        headers.insert(X_MS_CLIENT_REQUEST_ID.clone(), value);
+        headers.insert(
+            X_MS_CLIENT_REQUEST_ID.clone(),
+            headers::unique_per_request(value),
+        );
     }
 }
 
@@ -426,6 +429,47 @@ mod tests {
             .map(|piece| Ok(Frame::data(Bytes::from_static(piece))))
             .collect();
         StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    #[test]
+    fn values_new_on_every_request_are_kept_out_of_the_hpack_table() {
+        let mut workload = HeaderValue::from_static("Bearer workload");
+        workload.set_sensitive(true);
+        let outbound = Outbound {
+            path_and_query: "/pipelines",
+            request_id: "0f8fad5b-d9cb-469f-a165-70867728950e",
+            forwarded: ForwardedFacts {
+                peer_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+                peer_is_trusted: false,
+                scheme: "https",
+                host: Some("gate.example"),
+            },
+            external_base: "https://gate.example/ws/contoso",
+            max_body_bytes: 1024,
+            authorization: Some(workload),
+            traceparent: Some(HeaderValue::from_static(
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            )),
+        };
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer caller"),
+        );
+        headers.insert(header::USER_AGENT, HeaderValue::from_static("azsdk-python"));
+        prepare_request_headers(&mut headers, &outbound);
+
+        let sensitive = |name: &str| headers.get(name).map(HeaderValue::is_sensitive);
+        assert_eq!(sensitive("x-ms-client-request-id"), Some(true));
+        assert_eq!(sensitive("traceparent"), Some(true));
+        assert_eq!(sensitive("authorization"), Some(true), "the workload token");
+        assert_eq!(headers["authorization"], "Bearer workload");
+        assert_eq!(
+            sensitive("user-agent"),
+            Some(false),
+            "values that repeat are still indexed"
+        );
+        assert_eq!(sensitive("x-forwarded-proto"), Some(false));
     }
 
     #[tokio::test]
