@@ -1,7 +1,7 @@
 # Sourced by bench/run and bench/instructions: the pinned tools, the release build, and the parts
 # both measure against: the Synapse-like upstream and issuer (bench/fixture.rs), the nginx and
-# HAProxy configurations the gate is compared with, and `ready`. Expects LOAD_CORE; sets work, pids,
-# upstream, upstream_port, issuer, token and oha, and stops what it started on exit.
+# HAProxy configurations the gate is compared with, `ready` and `new_run_dir`. Expects LOAD_CORE;
+# sets work, pids, upstream, upstream_port, issuer, token and oha, and stops what it started on exit.
 # shellcheck shell=bash
 
 # Pinned tools: upstream releases of Debian packages (any Debian revision, see
@@ -102,11 +102,16 @@ backend synapse
   server s1 127.0.0.1:$upstream_port ssl verify required ca-file $work/ca.pem sni str(localhost) verifyhost localhost
 EOF
 
-
-ready() { # url: wait until it answers 200 with the token
-  for _ in $(seq 200); do
+ready() { # url [attempts]: wait until it answers 200 with the token, 0.05 s apart (default 10 s)
+  for _ in $(seq "${2:-200}"); do
     [[ "$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "$1")" == 200 ]] && return 0
     sleep 0.05
   done
   echo "$1 never answered 200"; cat "$work"/nginx/error.log 2>/dev/null | tail -5; return 1
+}
+new_run_dir() { # [suffix]: a fresh results folder, named by the time, as an absolute path
+  local dir
+  dir="bench/results/$(date -u +%Y%m%dT%H%M%SZ)${1:-}"
+  mkdir -p "$dir"
+  realpath "$dir"
 }
