@@ -16,11 +16,12 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue, Method};
 use synapse_gate::audit::{
-    chain, AuditDecision, AuditRequest, AuditUpstream, Event, EventPrincipal,
+    chain, AuditDecision, AuditRequest, AuditUpstream, Event, EventPrincipal, Timestamp,
 };
 use synapse_gate::authn::Principal;
 use synapse_gate::forward::headers::{
-    set_forwarded, strip_hop_by_hop, strip_identity_headers, ForwardedFacts,
+    forwarded_for_hop, set_forwarded, strip_hop_by_hop, strip_identity_headers, ForwardedFacts,
+    RequestId,
 };
 use synapse_gate::forward::rewrite::UrlRewriter;
 use synapse_gate::synapse;
@@ -90,7 +91,7 @@ fn sdk_request_headers() -> HeaderMap {
 fn headers(c: &mut Criterion) {
     let template = sdk_request_headers();
     let facts = ForwardedFacts {
-        peer_ip: IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)),
+        peer: forwarded_for_hop(IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3))),
         peer_is_trusted: false,
         scheme: "https",
         host: Some("gate.example.com"),
@@ -147,8 +148,8 @@ fn headers(c: &mut Criterion) {
 fn audit(c: &mut Criterion) {
     let classified = synapse::classify(&Method::GET, "/pipelines/nightly_load");
     let event = Event {
-        time: "2026-11-22T06:00:00.123Z".to_owned(),
-        id: "9b1c7c8e-8a9e-11f1-9f8b-02fc00000001".to_owned(),
+        time: Timestamp::now(),
+        id: RequestId::from_uuid("9b1c7c8e-8a9e-11f1-9f8b-02fc00000001".to_owned()),
         event: None,
         principal: Some(EventPrincipal {
             principal: Arc::new(Principal {
@@ -168,7 +169,7 @@ fn audit(c: &mut Criterion) {
             claims: serde_json::Map::new(),
         }),
         request: Some(AuditRequest {
-            method: "GET".to_owned(),
+            method: "GET".into(),
             host: "gate.example.com".to_owned(),
             path: "/ws/contoso/pipelines/nightly_load".to_owned(),
             source_ip: "10.1.2.3".into(),
@@ -176,11 +177,11 @@ fn audit(c: &mut Criterion) {
             client_request_id: Some("9b1c7c8e-8a9e-11f1-9f8b-02fc00000001".to_owned()),
             traceparent: None,
         }),
-        upstream_name: Some("contoso".to_owned()),
+        upstream_name: Some("contoso".into()),
         action: Some(classified.action),
         resource: Some(classified.resource),
         decision: Some(AuditDecision {
-            effect: "allow".to_owned(),
+            effect: "allow".into(),
             rule: Some(Arc::from("analysts-read")),
             identity: Some(Arc::from("reader")),
             shadow: Vec::new(),

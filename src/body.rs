@@ -57,17 +57,19 @@ pub struct SignalOnEnd<B> {
 }
 
 impl<B: Body> SignalOnEnd<B> {
-    /// The wrapped body and a receiver that completes once the body has ended (or been dropped).
-    pub fn new(inner: B) -> (Self, tokio::sync::oneshot::Receiver<()>) {
+    /// The wrapped body and a receiver that completes once the body has ended (or been dropped),
+    /// or no receiver when the body has already ended: most requests have none, and need no
+    /// channel.
+    pub fn new(inner: B) -> (Self, Option<tokio::sync::oneshot::Receiver<()>>) {
+        if inner.is_end_stream() {
+            return (Self { inner, done: None }, None);
+        }
         let (sender, receiver) = tokio::sync::oneshot::channel();
-        let mut wrapped = Self {
+        let wrapped = Self {
             inner,
             done: Some(sender),
         };
-        if wrapped.inner.is_end_stream() {
-            wrapped.finish();
-        }
-        (wrapped, receiver)
+        (wrapped, Some(receiver))
     }
 
     fn finish(&mut self) {
@@ -164,5 +166,28 @@ mod tests {
         );
         let collected = body.collect().await.unwrap().to_bytes();
         assert_eq!(&collected[..], b"hello world");
+    }
+
+    #[test]
+    fn a_body_that_has_ended_needs_no_signal() {
+        let (body, sent) = SignalOnEnd::new(Empty::<Bytes>::new());
+        assert!(sent.is_none(), "no channel for a request without a body");
+        assert!(body.is_end_stream());
+    }
+
+    #[tokio::test]
+    async fn the_signal_comes_with_the_end_of_the_body_not_before() {
+        let frames = vec![
+            Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"part 1"))),
+            Ok(Frame::data(Bytes::from_static(b"part 2"))),
+        ];
+        let streamed = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+        let (mut body, sent) = SignalOnEnd::new(streamed);
+        let mut sent = sent.expect("a streamed body is signalled");
+        assert!(body.frame().await.is_some());
+        assert!(sent.try_recv().is_err(), "one frame is not the whole body");
+        assert!(body.frame().await.is_some());
+        assert!(body.frame().await.is_none());
+        assert!(sent.try_recv().is_ok(), "the end of the body is signalled");
     }
 }

@@ -13,10 +13,16 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
 /// Appends `bytes` to `out` as lowercase hex (hashes, trace and span ids, request ids).
 pub fn push_hex(out: &mut String, bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    out.reserve(bytes.len() * 2);
-    for byte in bytes {
-        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        out.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+    // Encoded on the stack and appended in pieces: `String::push` per digit costs a capacity
+    // check and a UTF-8 encoding each, and this runs several times per request.
+    let mut text = [0u8; 64];
+    for chunk in bytes.chunks(text.len() / 2) {
+        for (pair, byte) in text.chunks_exact_mut(2).zip(chunk) {
+            pair[0] = DIGITS[usize::from(byte >> 4)];
+            pair[1] = DIGITS[usize::from(byte & 0xf)];
+        }
+        // Hex digits only, so always UTF-8.
+        out.push_str(std::str::from_utf8(&text[..chunk.len() * 2]).unwrap_or_default());
     }
 }
 
@@ -110,5 +116,14 @@ mod tests {
         let mut out = String::from("x");
         push_hex(&mut out, &[0x00, 0x0f, 0xa5, 0xff]);
         assert_eq!(out, "x000fa5ff");
+        // Longer than the stack buffer: encoded in pieces, in order.
+        let bytes: Vec<u8> = (0..=70).collect();
+        let mut long = String::new();
+        push_hex(&mut long, &bytes);
+        let expected: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+        assert_eq!(long, expected);
+        let mut empty = String::new();
+        push_hex(&mut empty, &[]);
+        assert_eq!(empty, "");
     }
 }

@@ -2,21 +2,25 @@
 //! authorize → (swap token) → forward, then metrics. Each stage is one call; every failure is a [`GateError`]
 //! that becomes a response in exactly one place.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::Limited;
 use hyper::body::Incoming;
 use tracing::Instrument;
 
-use crate::audit::{AuditDecision, AuditError, AuditRequest, AuditUpstream, Event, EventPrincipal};
+use crate::audit::{
+    AuditDecision, AuditError, AuditRequest, AuditUpstream, Event, EventPrincipal, Timestamp,
+};
 use crate::authn::Principal;
 use crate::body::ResponseBody;
 use crate::config::UpstreamKind;
 use crate::error::GateError;
+use crate::forward::headers::{forwarded_for_hop, RequestId, X_MS_CLIENT_REQUEST_ID};
 use crate::forward::{ForwardedFacts, Outbound};
 use crate::gate::Gate;
 use crate::identity::{IdentityError, TokenBroker};
@@ -36,6 +40,8 @@ pub struct Connection {
     /// The peer's address as the audit log writes it (an IPv4-mapped IPv6 address as IPv4),
     /// formatted once per connection rather than once per request.
     pub source_ip: Arc<str>,
+    /// The peer as an `X-Forwarded-For` hop, also made once per connection.
+    pub forwarded_for: HeaderValue,
 }
 
 impl Connection {
@@ -45,18 +51,19 @@ impl Connection {
             tls,
             sni,
             source_ip: peer.ip().to_canonical().to_string().into(),
+            forwarded_for: forwarded_for_hop(peer.ip()),
         }
     }
 }
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static X_MS_CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("x-ms-client-request-id");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// What metrics and the audit event need to know about a request, filled in stage by stage.
 struct Record {
-    upstream: String,
+    /// The upstream's name, once routed.
+    upstream: Option<Arc<str>>,
     action: &'static str,
     decision: &'static str,
     upstream_status: Option<u16>,
@@ -79,14 +86,14 @@ impl Record {
                 .map(str::to_owned)
         };
         Self {
-            upstream: "none".into(),
+            upstream: None,
             action: "none",
             decision: "none",
             upstream_status: None,
             upstream_seconds: None,
             forwarded: false,
             request: AuditRequest {
-                method: request.method().as_str().to_owned(),
+                method: method_name(request.method()),
                 host: request_host(request).unwrap_or_default().to_owned(),
                 // Never the query string: it may carry secrets.
                 path: request.uri().path().to_owned(),
@@ -108,7 +115,7 @@ impl Record {
     /// The audit event of the finished request.
     fn event(
         self,
-        id: &str,
+        id: RequestId,
         error: Option<AuditError>,
         outcome: &'static str,
         started: Instant,
@@ -125,12 +132,12 @@ impl Record {
             principal,
         });
         Event {
-            time: crate::audit::now_rfc3339(),
-            id: id.to_owned(),
+            time: Timestamp::now(),
+            id,
             event: None,
             principal,
             request: Some(self.request),
-            upstream_name: (self.upstream != "none").then_some(self.upstream),
+            upstream_name: self.upstream,
             action: (self.action != "none").then_some(self.action),
             resource: self.resource,
             decision: self.audit_decision,
@@ -145,6 +152,18 @@ impl Record {
     }
 }
 
+/// The method as the audit event writes it: the standard ones without a copy.
+fn method_name(method: &http::Method) -> Cow<'static, str> {
+    const STANDARD: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    let name = method.as_str();
+    match STANDARD.iter().find(|standard| **standard == name) {
+        Some(standard) => Cow::Borrowed(standard),
+        None => Cow::Owned(name.to_owned()),
+    }
+}
+
 /// Handles one request; never fails: errors become responses here.
 pub async fn handle(
     gate: Arc<Gate>,
@@ -154,7 +173,7 @@ pub async fn handle(
     let started = Instant::now();
     let _inflight = Inflight::enter(&gate.metrics);
     let snapshot = gate.snapshot();
-    let request_id = request_id(&request);
+    let request_id = RequestId::of(request.headers());
     let mut record = Record::new(&request, &connection);
 
     // Every log line of this request carries its id.
@@ -172,10 +191,14 @@ pub async fn handle(
     {
         Ok(response) => (response, None, "forwarded"),
         Err(error) => {
-            tracing::info!(request_id, status = error.status().as_u16(), reason = %error, "request refused");
+            tracing::info!(request_id = request_id.as_str(), status = error.status().as_u16(), reason = %error, "request refused");
             let audit = error.audit();
             let outcome = error.outcome();
-            (error.into_response(&request_id), Some(audit), outcome)
+            (
+                error.into_response(request_id.as_str()),
+                Some(audit),
+                outcome,
+            )
         }
     };
 
@@ -187,7 +210,7 @@ pub async fn handle(
     );
     let forwarded = record.forwarded;
     let event = record.event(
-        &request_id,
+        request_id.clone(),
         error,
         outcome,
         started,
@@ -201,14 +224,11 @@ pub async fn handle(
             event = %serde_json::to_string(&event).unwrap_or_default(),
             "a forwarded request could not be audited; its event is logged here instead"
         );
-        response = GateError::AuditUnavailable.into_response(&request_id);
+        response = GateError::AuditUnavailable.into_response(request_id.as_str());
     }
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert(
-            X_REQUEST_ID.clone(),
-            crate::forward::headers::unique_per_request(value),
-        );
-    }
+    response
+        .headers_mut()
+        .insert(X_REQUEST_ID.clone(), request_id.header_value());
     observe(&gate.metrics, &labels, response.status(), started);
     response
 }
@@ -217,7 +237,7 @@ async fn process(
     gate: &Gate,
     snapshot: &Snapshot,
     connection: &Connection,
-    request_id: &str,
+    request_id: &RequestId,
     request: Request<Incoming>,
     record: &mut Record,
 ) -> Result<Response<ResponseBody>, GateError> {
@@ -231,7 +251,7 @@ async fn process(
         .router
         .route(host.as_deref(), request.uri().path())?;
     let upstream = routed.target.clone();
-    record.upstream.clone_from(&upstream.name);
+    record.upstream = Some(upstream.name.clone());
 
     let principal = snapshot
         .authenticator
@@ -264,7 +284,7 @@ async fn process(
         "deny"
     };
     record.audit_decision = Some(AuditDecision {
-        effect: record.decision.to_owned(),
+        effect: record.decision.into(),
         rule: decision.rule.clone(),
         identity: decision.identity.clone(),
         shadow: decision.shadow.iter().map(|s| s.rule.clone()).collect(),
@@ -296,15 +316,15 @@ async fn process(
         return Err(GateError::AuditUnavailable);
     }
 
-    let path_and_query = match request.uri().query() {
-        Some(query) => crate::common::concat(&[routed.path, "?", query]),
-        None => routed.path.to_owned(),
-    };
+    let upstream_uri = upstream
+        .forwarder
+        .upstream_uri(routed.path, request.uri().query())?;
     let external_base = external_base(listen, connection, &request, host.as_deref(), routed.prefix);
 
     // The upstream call is a child span of the caller's trace, or the root of a new one.
     let traceparent = child_traceparent(record.request.traceparent.as_deref());
-    record.request.traceparent = Some(traceparent.clone());
+    let traceparent_header = HeaderValue::from_str(&traceparent).ok();
+    record.request.traceparent = Some(traceparent);
     let peer_is_trusted = listen.is_trusted_proxy(connection.peer.ip().to_canonical());
     let scheme = if connection.tls { "https" } else { "http" };
     let (parts, body) = request.into_parts();
@@ -312,17 +332,17 @@ async fn process(
         body,
         usize::try_from(listen.max_body_bytes).unwrap_or(usize::MAX),
     );
-    let request = Request::from_parts(parts, body.boxed_unsync());
+    let request = Request::from_parts(parts, body);
     record.forwarded = true;
     let forwarded = upstream
         .forwarder
         .forward(
             request,
             Outbound {
-                path_and_query: &path_and_query,
+                uri: upstream_uri,
                 request_id,
                 forwarded: ForwardedFacts {
-                    peer_ip: connection.peer.ip(),
+                    peer: connection.forwarded_for.clone(),
                     peer_is_trusted,
                     scheme,
                     host: host.as_deref(),
@@ -330,7 +350,7 @@ async fn process(
                 external_base: &external_base,
                 max_body_bytes: listen.max_body_bytes,
                 authorization,
-                traceparent: HeaderValue::from_str(&traceparent).ok(),
+                traceparent: traceparent_header,
             },
         )
         .await?;
@@ -441,15 +461,6 @@ fn request_host<B>(request: &Request<B>) -> Option<&str> {
         .or_else(|| request.headers().get(header::HOST)?.to_str().ok())
 }
 
-/// The request id: the client's `x-ms-client-request-id` when it is a sane value, else a new one.
-fn request_id<B>(request: &Request<B>) -> String {
-    request
-        .headers()
-        .get(&X_MS_CLIENT_REQUEST_ID)
-        .and_then(crate::forward::headers::acceptable_request_id)
-        .map_or_else(crate::common::request_uuid, str::to_owned)
-}
-
 /// The gate's base URL as this client sees it (configured, or from a trusted proxy's
 /// `X-Forwarded-*`, or from the request itself), followed by the route's prefix.
 fn external_base<B>(
@@ -480,7 +491,7 @@ fn external_base<B>(
 fn observe(
     metrics: &Metrics,
     (upstream, action, decision, upstream_seconds): &(
-        String,
+        Option<Arc<str>>,
         &'static str,
         &'static str,
         Option<f64>,
@@ -488,18 +499,19 @@ fn observe(
     status: http::StatusCode,
     started: Instant,
 ) {
+    let upstream = upstream.as_deref().unwrap_or("none");
     metrics
         .requests
-        .with_label_values(&[upstream.as_str(), action, decision, status.as_str()])
+        .with_label_values(&[upstream, action, decision, status.as_str()])
         .inc();
     metrics
         .request_duration
-        .with_label_values(&[upstream.as_str()])
+        .with_label_values(&[upstream])
         .observe(started.elapsed().as_secs_f64());
     if let Some(seconds) = upstream_seconds {
         metrics
             .upstream_duration
-            .with_label_values(&[upstream.as_str()])
+            .with_label_values(&[upstream])
             .observe(*seconds);
     }
 }
@@ -517,7 +529,7 @@ async fn workload_token(
         .scope
         .as_deref()
         .ok_or_else(|| IdentityError::NoScope {
-            upstream: upstream.name.clone(),
+            upstream: upstream.name.to_string(),
         })?;
     let identity = snapshot
         .identities
@@ -577,6 +589,17 @@ impl Drop for Inflight<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn standard_methods_are_named_without_a_copy() {
+        for method in [http::Method::GET, http::Method::POST, http::Method::DELETE] {
+            let name = method_name(&method);
+            assert!(matches!(name, Cow::Borrowed(_)));
+            assert_eq!(name, method.as_str());
+        }
+        let custom = http::Method::from_bytes(b"PROPFIND").unwrap();
+        assert_eq!(method_name(&custom), "PROPFIND");
+    }
 
     #[test]
     fn traceparent_keeps_the_callers_trace_with_a_new_span() {

@@ -22,7 +22,8 @@ use crate::route::Router;
 
 /// An upstream as the request path uses it.
 pub struct Upstream {
-    pub name: String,
+    /// Shared: every request's metrics labels and audit event name it.
+    pub name: Arc<str>,
     pub kind: UpstreamKind,
     /// The `workspace` resource attribute of requests sent here.
     pub workspace: Option<String>,
@@ -167,7 +168,7 @@ impl Snapshot {
                     host,
                     prefix,
                     Arc::new(Upstream {
-                        name: upstream.name.value.clone(),
+                        name: upstream.name.value.as_str().into(),
                         kind: upstream.kind,
                         workspace: upstream.workspace.clone().or_else(|| {
                             (upstream.kind == UpstreamKind::SynapseDev)
@@ -285,7 +286,7 @@ impl Snapshot {
                 .as_ref()
                 .and_then(|a| parse_address(&a.address.value)),
             provider_count: config.providers.len(),
-            upstream_names: routes.iter().map(|(_, _, u)| u.name.clone()).collect(),
+            upstream_names: routes.iter().map(|(_, _, u)| u.name.to_string()).collect(),
             upstream_scopes: routes
                 .iter()
                 .filter_map(|(_, _, u)| u.scope.clone())

@@ -1,6 +1,7 @@
 //! The audit event: one JSON object per request. There is no field for a token, a secret, a
 //! cookie or a query string, so none can leak into the log.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -8,13 +9,14 @@ use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::authn::Principal;
+use crate::forward::headers::RequestId;
 use crate::synapse::Resource;
 
 /// One request, as the audit log records it (`v` and `prev` are added by the writer).
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
-    pub time: String,
-    pub id: String,
+    pub time: Timestamp,
+    pub id: RequestId,
     /// Set for gate lifecycle records (`gate.start`, `gate.stop`); absent for requests.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event: Option<&'static str>,
@@ -23,7 +25,7 @@ pub struct Event {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request: Option<AuditRequest>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub upstream_name: Option<String>,
+    pub upstream_name: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub action: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -102,7 +104,8 @@ pub struct AuditPrincipal {
 /// The HTTP request, without its query string.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AuditRequest {
-    pub method: String,
+    /// Static for the standard methods when the gate writes it, owned when read back.
+    pub method: Cow<'static, str>,
     #[serde(default)]
     pub host: String,
     pub path: String,
@@ -119,7 +122,8 @@ pub struct AuditRequest {
 /// The policy decision.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AuditDecision {
-    pub effect: String,
+    /// `allow` or `deny`: static when the gate writes it, owned when `replay` reads it back.
+    pub effect: Cow<'static, str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<Arc<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -145,39 +149,75 @@ pub struct AuditError {
     pub reason: Option<&'static str>,
 }
 
-/// RFC 3339 UTC with milliseconds, e.g. `2026-11-22T06:00:00.123Z`.
-pub fn now_rfc3339() -> String {
-    rfc3339(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default(),
-    )
+/// An instant as RFC 3339 UTC with milliseconds, e.g. `2026-11-22T06:00:00.123Z`, kept on the
+/// stack: every audit event has one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Timestamp([u8; 24]);
+
+impl Timestamp {
+    pub fn now() -> Self {
+        Self::since_epoch(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default(),
+        )
+    }
+
+    /// `since` the Unix epoch.
+    fn since_epoch(since: std::time::Duration) -> Self {
+        let secs = since.as_secs();
+        let (days, rem) = (secs / 86_400, secs % 86_400);
+        let (year, month, day) = civil_from_days(days as i64);
+        // Digit by digit: `format!` was a visible share of the per-request cost.
+        let fields = [
+            (u64::try_from(year).unwrap_or(0), 4, b'-'),
+            (u64::from(month), 2, b'-'),
+            (u64::from(day), 2, b'T'),
+            (rem / 3600, 2, b':'),
+            (rem % 3600 / 60, 2, b':'),
+            (rem % 60, 2, b'.'),
+            (u64::from(since.subsec_millis()), 3, b'Z'),
+        ];
+        let mut text = [0u8; 24];
+        let mut at = 0;
+        for (value, width, after) in fields {
+            for power in (0..width).rev() {
+                text[at] = b'0' + (value / 10u64.pow(power) % 10) as u8;
+                at += 1;
+            }
+            text[at] = after;
+            at += 1;
+        }
+        Self(text)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Digits and ASCII separators only.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
 }
 
-/// `since` the Unix epoch as `2026-11-22T06:00:00.123Z`.
-fn rfc3339(since: std::time::Duration) -> String {
-    let secs = since.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (year, month, day) = civil_from_days(days as i64);
-    // Digit by digit: `format!` was a visible share of the per-request cost.
-    let fields = [
-        (u64::try_from(year).unwrap_or(0), 4, '-'),
-        (u64::from(month), 2, '-'),
-        (u64::from(day), 2, 'T'),
-        (rem / 3600, 2, ':'),
-        (rem % 3600 / 60, 2, ':'),
-        (rem % 60, 2, '.'),
-        (u64::from(since.subsec_millis()), 3, 'Z'),
-    ];
-    let mut text = String::with_capacity(24);
-    for (value, width, after) in fields {
-        for power in (0..width).rev() {
-            let digit = (value / 10u64.pow(power) % 10) as u8;
-            text.push(char::from(b'0' + digit));
-        }
-        text.push(after);
+impl std::fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
-    text
+}
+
+impl std::fmt::Debug for Timestamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+/// Now as RFC 3339 UTC with milliseconds, e.g. `2026-11-22T06:00:00.123Z`.
+pub fn now_rfc3339() -> String {
+    Timestamp::now().to_string()
 }
 
 /// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian calendar).
@@ -205,10 +245,19 @@ mod tests {
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
         assert_eq!(now_rfc3339().len(), 24);
         let since = std::time::Duration::from_millis(1_795_327_200_123);
-        assert_eq!(rfc3339(since), "2026-11-22T06:00:00.123Z");
         assert_eq!(
-            rfc3339(std::time::Duration::ZERO),
+            Timestamp::since_epoch(since).as_str(),
+            "2026-11-22T06:00:00.123Z"
+        );
+        assert_eq!(
+            Timestamp::since_epoch(std::time::Duration::ZERO).to_string(),
             "1970-01-01T00:00:00.000Z"
+        );
+        assert_eq!(
+            serde_json::to_string(&Timestamp::since_epoch(since))
+                .ok()
+                .as_deref(),
+            Some("\"2026-11-22T06:00:00.123Z\"")
         );
     }
 

@@ -23,10 +23,11 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use event::{
     now_rfc3339, AuditDecision, AuditError, AuditPrincipal, AuditRequest, AuditUpstream, Event,
-    EventPrincipal,
+    EventPrincipal, Timestamp,
 };
 
 use crate::config::{AuditConfig, LoadedConfig, OnFailure, SinkConfig};
+use crate::forward::headers::RequestId;
 use sink::Sink;
 
 /// Metrics of the audit stage.
@@ -201,8 +202,8 @@ async fn write_events(
 /// A gate lifecycle record (`gate.start`, `gate.stop`).
 pub fn lifecycle(what: &'static str) -> Event {
     Event {
-        time: now_rfc3339(),
-        id: crate::common::random_uuid(),
+        time: Timestamp::now(),
+        id: RequestId::from_uuid(crate::common::random_uuid()),
         event: Some(what),
         principal: None,
         request: None,

@@ -201,7 +201,7 @@ fn compare(
         new_effect,
         new.rule.as_deref().unwrap_or("(no rule)"),
     );
-    let bucket = match (old.effect.as_str(), new_effect) {
+    let bucket = match (old.effect.as_ref(), new_effect) {
         ("allow", "deny") => &mut changes.newly_denied,
         ("deny", "allow") => &mut changes.newly_allowed,
         ("allow", "allow") if old.identity.as_deref() != new.identity.as_deref() => {

@@ -83,7 +83,7 @@ pub fn decide(
     };
     let (decision, traces) = snapshot.policies.explain(&facts);
     Ok(Explained {
-        upstream: upstream.name.clone(),
+        upstream: upstream.name.to_string(),
         action: classified.action,
         resource: classified.resource,
         decision,

@@ -4,7 +4,6 @@
 //! apply to which direction. The functions avoid allocating when there is nothing to change,
 //! because they run on every request and response.
 
-use std::io::Write as _;
 use std::net::IpAddr;
 
 use http::header::{
@@ -13,6 +12,8 @@ use http::header::{
 };
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+/// `x-ms-client-request-id`: the Azure SDK's request id, which the gate adopts as its own.
+pub const X_MS_CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("x-ms-client-request-id");
 /// `X-Forwarded-For`: the chain of client addresses (no constant in `http::header`).
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// `X-Forwarded-Proto`: the scheme the client used to reach the first proxy.
@@ -88,10 +89,11 @@ const GATE_HEADER_PREFIX: &str = "x-synapse-gate-";
 const MAX_REQUEST_ID_LEN: usize = 128;
 
 /// What the gate knows about how a request reached it, used to set the `X-Forwarded-*` headers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ForwardedFacts<'a> {
-    /// TCP peer of the gate.
-    pub peer_ip: IpAddr,
+    /// The gate's TCP peer as an `X-Forwarded-For` hop ([`forwarded_for_hop`]), made once per
+    /// connection: a clone shares it.
+    pub peer: HeaderValue,
     /// The peer is in the configured trusted-proxy list.
     pub peer_is_trusted: bool,
     /// How the client reached the gate: "https" or "http".
@@ -106,20 +108,35 @@ pub struct ForwardedFacts<'a> {
 /// `Proxy-Connection`, `Proxy-Authenticate`, `Proxy-Authorization`, `TE`, `Trailer`,
 /// `Transfer-Encoding` and `Upgrade`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Collect the names first: the Connection values borrow the map we are about to modify.
-    let named_by_connection: Vec<HeaderName> = if headers.contains_key(CONNECTION) {
-        headers
+    if headers.contains_key(CONNECTION) {
+        // Collect the names first: the Connection values borrow the map we are about to modify.
+        let named_by_connection: Vec<HeaderName> = headers
             .get_all(CONNECTION)
             .iter()
             .flat_map(|value| value.as_bytes().split(|&byte| byte == b','))
             .filter_map(|token| HeaderName::from_bytes(token.trim_ascii()).ok())
-            .collect()
-    } else {
-        Vec::new()
-    };
-    for name in named_by_connection.iter().chain(HOP_BY_HOP_HEADERS.iter()) {
-        // `remove` on a missing key neither allocates nor changes anything.
-        headers.remove(name);
+            .collect();
+        for name in &named_by_connection {
+            headers.remove(name);
+        }
+    }
+    remove_all(headers, &HOP_BY_HOP_HEADERS);
+}
+
+/// Removes every header named in `names`. One pass over the map's names finds the ones present,
+/// which on most requests are none: removing an absent name still hashes it, and this runs twice
+/// per request.
+pub fn remove_all<const N: usize>(headers: &mut HeaderMap, names: &[HeaderName; N]) {
+    let mut present = [false; N];
+    for key in headers.keys() {
+        if let Some(index) = names.iter().position(|name| name == key) {
+            present[index] = true;
+        }
+    }
+    for (name, present) in names.iter().zip(present) {
+        if present {
+            headers.remove(name);
+        }
     }
 }
 
@@ -129,22 +146,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// `X-Real-IP` are removed); from a trusted proxy the peer is appended to the existing
 /// `X-Forwarded-For` chain and existing `-Proto` / `-Host` values are kept.
 pub fn set_forwarded(headers: &mut HeaderMap, facts: &ForwardedFacts<'_>) {
-    // A dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d; upstreams expect a.b.c.d.
-    // Formatted on the stack: this runs on every request.
-    let mut peer_buffer = [0u8; 64];
-    let peer = {
-        let mut cursor = std::io::Cursor::new(&mut peer_buffer[..]);
-        let _ = write!(cursor, "{}", facts.peer_ip.to_canonical());
-        let written = usize::try_from(cursor.position()).unwrap_or_default();
-        std::str::from_utf8(&peer_buffer[..written]).unwrap_or_default()
-    };
     let scheme = match facts.scheme {
         "https" => Some(HeaderValue::from_static("https")),
         "http" => Some(HeaderValue::from_static("http")),
         other => HeaderValue::from_str(other).ok(),
     };
     if facts.peer_is_trusted {
-        append_forwarded_for(headers, peer);
+        append_forwarded_for(headers, &facts.peer);
         if !headers.contains_key(X_FORWARDED_PROTO) {
             set_value_or_remove(headers, X_FORWARDED_PROTO, scheme);
         }
@@ -152,19 +160,28 @@ pub fn set_forwarded(headers: &mut HeaderMap, facts: &ForwardedFacts<'_>) {
             set_or_remove(headers, X_FORWARDED_HOST, facts.host);
         }
     } else {
-        set_or_remove(headers, X_FORWARDED_FOR, Some(peer));
+        headers.insert(X_FORWARDED_FOR, facts.peer.clone());
         set_value_or_remove(headers, X_FORWARDED_PROTO, scheme);
         set_or_remove(headers, X_FORWARDED_HOST, facts.host);
-        // Both carry client addresses an untrusted client could forge.
-        headers.remove(FORWARDED);
-        headers.remove(X_REAL_IP);
-        headers.remove(X_FORWARDED_PORT);
-        headers.remove(X_FORWARDED_PREFIX);
+        // Client addresses and URL parts an untrusted client could forge.
+        remove_all(
+            headers,
+            &[FORWARDED, X_REAL_IP, X_FORWARDED_PORT, X_FORWARDED_PREFIX],
+        );
     }
 }
 
+/// The TCP peer as an `X-Forwarded-For` hop. A dual-stack listener reports IPv4 clients as
+/// ::ffff:a.b.c.d; upstreams expect a.b.c.d.
+pub fn forwarded_for_hop(peer: IpAddr) -> HeaderValue {
+    // An address is always a valid header value; "unknown" is RFC 7239's word for a hop that
+    // cannot be named, should that ever change.
+    HeaderValue::from_str(&peer.to_canonical().to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
 /// Appends `peer` to the `X-Forwarded-For` chain, folding all existing instances into one value.
-fn append_forwarded_for(headers: &mut HeaderMap, peer: &str) {
+fn append_forwarded_for(headers: &mut HeaderMap, peer: &HeaderValue) {
     let mut chain: Vec<u8> = Vec::new();
     for value in headers.get_all(X_FORWARDED_FOR) {
         let hops = value.as_bytes().trim_ascii();
@@ -176,14 +193,10 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: &str) {
         chain.extend_from_slice(b", ");
     }
     chain.extend_from_slice(peer.as_bytes());
-    match HeaderValue::from_bytes(&chain) {
-        Ok(value) => {
-            headers.insert(X_FORWARDED_FOR, value);
-        }
-        // Existing values were valid header values, so this cannot happen; if it ever did,
-        // the peer address alone is the only value the gate can vouch for.
-        Err(_) => set_or_remove(headers, X_FORWARDED_FOR, Some(peer)),
-    }
+    // Existing values were valid header values, so this cannot fail; if it ever did, the peer
+    // address alone is the only value the gate can vouch for.
+    let value = HeaderValue::from_bytes(&chain).unwrap_or_else(|_| peer.clone());
+    headers.insert(X_FORWARDED_FOR, value);
 }
 
 /// Replaces all instances of `name` with `value`, or removes them when `value` is absent or
@@ -273,6 +286,53 @@ pub fn unique_per_request(mut value: HeaderValue) -> HeaderValue {
     value
 }
 
+/// A request's id: the caller's `x-ms-client-request-id` when it is acceptable, else a new UUID.
+/// It is kept as a header value so the caller's own id is shared, not copied, by the response's
+/// `x-request-id`, the upstream request and the audit event.
+#[derive(Clone, Debug)]
+pub struct RequestId(HeaderValue);
+
+impl RequestId {
+    /// The caller's id from `headers`, or a new one ([`crate::common::request_uuid`]).
+    pub fn of(headers: &HeaderMap) -> Self {
+        match headers.get(X_MS_CLIENT_REQUEST_ID) {
+            Some(value) if acceptable_request_id(value).is_some() => Self(value.clone()),
+            _ => Self::from_uuid(crate::common::request_uuid()),
+        }
+    }
+
+    /// An id made by the gate, a hyphenated UUID.
+    pub fn from_uuid(uuid: String) -> Self {
+        // The string becomes the header value's buffer, uncopied; a UUID is always a valid one.
+        Self(
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(uuid))
+                .unwrap_or_else(|_| HeaderValue::from_static("invalid-request-id")),
+        )
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Acceptable ids and UUIDs are ASCII.
+        self.0.to_str().unwrap_or_default()
+    }
+
+    /// The id as a header value, never indexed by HTTP/2 ([`unique_per_request`]).
+    pub fn header_value(&self) -> HeaderValue {
+        unique_per_request(self.0.clone())
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for RequestId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,7 +367,7 @@ mod tests {
 
     fn facts(peer_ip: IpAddr, peer_is_trusted: bool) -> ForwardedFacts<'static> {
         ForwardedFacts {
-            peer_ip,
+            peer: forwarded_for_hop(peer_ip),
             peer_is_trusted,
             scheme: "https",
             host: Some("gate.example.com"),
@@ -628,6 +688,45 @@ mod tests {
         assert!(!same_header_name(b"x-user", b"x_user"));
         assert!(!same_header_name(b"x-use", b"x-user"));
         assert!(!same_header_name(b"x.user", b"x-user"));
+        Ok(())
+    }
+
+    // ---- RequestId ----
+
+    #[test]
+    fn a_callers_request_id_is_shared_not_copied() -> TestResult {
+        let id = "0f8fad5b-d9cb-469f-a165-70867728950e";
+        let headers = map(&[("x-ms-client-request-id", id)])?;
+        let request_id = RequestId::of(&headers);
+        assert_eq!(request_id.as_str(), id);
+        assert_eq!(
+            request_id.as_str().as_ptr(),
+            headers[X_MS_CLIENT_REQUEST_ID].as_bytes().as_ptr(),
+            "the caller's header value, not a copy"
+        );
+        let value = request_id.header_value();
+        assert_eq!(value, id);
+        assert!(value.is_sensitive(), "new on every request: never indexed");
+        assert_eq!(serde_json::to_string(&request_id)?, format!("\"{id}\""));
+        Ok(())
+    }
+
+    #[test]
+    fn a_missing_or_unacceptable_request_id_is_replaced_by_a_new_uuid() -> TestResult {
+        for headers in [
+            HeaderMap::new(),
+            map(&[("x-ms-client-request-id", "not an id")])?,
+            map(&[(
+                "x-ms-client-request-id",
+                &"a".repeat(MAX_REQUEST_ID_LEN + 1),
+            )])?,
+        ] {
+            let (first, second) = (RequestId::of(&headers), RequestId::of(&headers));
+            assert_eq!(first.as_str().len(), 36);
+            assert_eq!(first.as_str().as_bytes()[14], b'4', "a version 4 UUID");
+            assert_ne!(first.as_str(), second.as_str());
+            assert_eq!(first.header_value(), first.as_str());
+        }
         Ok(())
     }
 

@@ -17,9 +17,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::body::{Prefixed, RequestBody, ResponseBody, SignalOnEnd};
+use crate::body::{BoxError, Prefixed, RequestBody, ResponseBody, SignalOnEnd};
 use crate::config::{UpstreamConfig, UpstreamKind};
 use crate::tls::{self, TlsError};
+use headers::RequestId;
 
 pub use headers::ForwardedFacts;
 use rewrite::UrlRewriter;
@@ -47,9 +48,10 @@ pub enum ForwardError {
 
 /// Per-request facts the forwarder needs from earlier stages.
 pub struct Outbound<'a> {
-    /// Path (prefix already removed) and query, byte for byte as received.
-    pub path_and_query: &'a str,
-    pub request_id: &'a str,
+    /// Where the request goes: [`Forwarder::upstream_uri`] of the path (prefix already removed)
+    /// and query, byte for byte as received.
+    pub uri: Uri,
+    pub request_id: &'a RequestId,
     pub forwarded: ForwardedFacts<'a>,
     /// The gate's base URL as this client sees it, including the route's path prefix.
     pub external_base: &'a str,
@@ -82,9 +84,6 @@ pub struct Forwarder {
     connect_timeout: Duration,
     client: HttpClient,
 }
-
-static X_MS_CLIENT_REQUEST_ID: header::HeaderName =
-    header::HeaderName::from_static("x-ms-client-request-id");
 
 impl Forwarder {
     /// A forwarder for `upstream`; `ca_file` is already resolved relative to the config file.
@@ -137,27 +136,35 @@ impl Forwarder {
     }
 
     /// Sends `request` upstream and returns the response with the response rules applied.
-    pub async fn forward(
+    pub async fn forward<B>(
         &self,
-        request: Request<RequestBody>,
-        outbound: Outbound<'_>,
-    ) -> Result<Forwarded, ForwardError> {
+        request: Request<B>,
+        mut outbound: Outbound<'_>,
+    ) -> Result<Forwarded, ForwardError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
         let (mut parts, body) = request.into_parts();
-        parts.uri = self.upstream_uri(outbound.path_and_query)?;
+        parts.uri = std::mem::take(&mut outbound.uri);
         parts.version = http::Version::HTTP_11;
-        prepare_request_headers(&mut parts.headers, &outbound);
+        prepare_request_headers(&mut parts.headers, &mut outbound);
 
         let started = Instant::now();
         let (body, body_sent) = SignalOnEnd::new(body);
-        let exchange = self
-            .client
-            .request(Request::from_parts(parts, body.boxed_unsync()));
+        let exchange = self.client.request(Request::from_parts(
+            parts,
+            body.map_err(Into::into).boxed_unsync(),
+        ));
         tokio::pin!(exchange);
         // The response-header timeout runs from the end of the request body: an upstream cannot
         // answer before it has the whole request, and a slow client is not the upstream's fault.
-        let early = tokio::select! {
-            response = &mut exchange => Some(response),
-            _ = body_sent => None,
+        let early = match body_sent {
+            Some(body_sent) => tokio::select! {
+                response = &mut exchange => Some(response),
+                _ = body_sent => None,
+            },
+            None => None,
         };
         let sent = match early {
             Some(response) => Ok(response),
@@ -185,8 +192,12 @@ impl Forwarder {
         })
     }
 
-    fn upstream_uri(&self, path_and_query: &str) -> Result<Uri, ForwardError> {
-        let joined = crate::common::concat(&[&self.base_path, path_and_query]);
+    /// The upstream URL of a request for `path` (the route's prefix removed) and `query`.
+    pub fn upstream_uri(&self, path: &str, query: Option<&str>) -> Result<Uri, ForwardError> {
+        let joined = match query {
+            Some(query) => crate::common::concat(&[&self.base_path, path, "?", query]),
+            None => crate::common::concat(&[&self.base_path, path]),
+        };
         Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
@@ -305,28 +316,27 @@ impl Forwarder {
 
 /// The request header rules: hop-by-hop and identity headers out, the caller's credentials out,
 /// forwarding facts and the request id in.
-fn prepare_request_headers(headers: &mut http::HeaderMap, outbound: &Outbound<'_>) {
+/// The per-request values are moved into the headers, not cloned.
+fn prepare_request_headers(headers: &mut http::HeaderMap, outbound: &mut Outbound<'_>) {
     headers::strip_hop_by_hop(headers);
     headers::strip_identity_headers(headers);
-    headers.remove(header::HOST);
-    headers.remove(header::AUTHORIZATION);
-    headers.remove(header::COOKIE);
-    if let Some(authorization) = &outbound.authorization {
-        headers.insert(header::AUTHORIZATION, authorization.clone());
-    }
-    if let Some(traceparent) = &outbound.traceparent {
+    headers::remove_all(headers, &[header::HOST, header::COOKIE]);
+    // The caller's credentials never go upstream: replaced by the workload token, or removed.
+    match outbound.authorization.take() {
+        Some(authorization) => headers.insert(header::AUTHORIZATION, authorization),
+        None => headers.remove(header::AUTHORIZATION),
+    };
+    if let Some(traceparent) = outbound.traceparent.take() {
         headers.insert(
             header::HeaderName::from_static("traceparent"),
-            headers::unique_per_request(traceparent.clone()),
+            headers::unique_per_request(traceparent),
         );
     }
     headers::set_forwarded(headers, &outbound.forwarded);
-    if let Ok(value) = HeaderValue::from_str(outbound.request_id) {
-        headers.insert(
-            X_MS_CLIENT_REQUEST_ID.clone(),
-            headers::unique_per_request(value),
-        );
-    }
+    headers.insert(
+        headers::X_MS_CLIENT_REQUEST_ID,
+        outbound.request_id.header_value(),
+    );
 }
 
 fn content_length(headers: &http::HeaderMap) -> Option<u64> {
@@ -435,11 +445,12 @@ mod tests {
     fn values_new_on_every_request_are_kept_out_of_the_hpack_table() {
         let mut workload = HeaderValue::from_static("Bearer workload");
         workload.set_sensitive(true);
-        let outbound = Outbound {
-            path_and_query: "/pipelines",
-            request_id: "0f8fad5b-d9cb-469f-a165-70867728950e",
+        let request_id = RequestId::from_uuid("0f8fad5b-d9cb-469f-a165-70867728950e".to_owned());
+        let mut outbound = Outbound {
+            uri: Uri::from_static("https://synapse.example/pipelines"),
+            request_id: &request_id,
             forwarded: ForwardedFacts {
-                peer_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+                peer: headers::forwarded_for_hop(std::net::Ipv4Addr::LOCALHOST.into()),
                 peer_is_trusted: false,
                 scheme: "https",
                 host: Some("gate.example"),
@@ -457,7 +468,7 @@ mod tests {
             HeaderValue::from_static("Bearer caller"),
         );
         headers.insert(header::USER_AGENT, HeaderValue::from_static("azsdk-python"));
-        prepare_request_headers(&mut headers, &outbound);
+        prepare_request_headers(&mut headers, &mut outbound);
 
         let sensitive = |name: &str| headers.get(name).map(HeaderValue::is_sensitive);
         assert_eq!(sensitive("x-ms-client-request-id"), Some(true));

@@ -273,7 +273,6 @@ struct Cached {
     bearer: HeaderValue,
     expires_at: Instant,
     refresh_at: Instant,
-    expires_unix: u64,
 }
 
 /// `Bearer <token>` as a header value, marked sensitive (never indexed by HPACK, never printed
@@ -374,16 +373,21 @@ impl TokenBroker {
                 .then(|| caller.map(|(subject, _)| crate::common::sha256(subject.as_bytes())))
                 .flatten(),
         };
-        let slot = self.0.slots.get_with(key, || Arc::new(Slot::default()));
+        // By reference: `get_with` would put the key in a new `Arc` on every hit.
+        let slot = self
+            .0
+            .slots
+            .get_with_by_ref(&key, || Arc::new(Slot::default()));
         let name = identity.name.as_str();
 
-        if let Some(token) = self.fresh(&slot, name) {
+        let now = Instant::now();
+        if let Some(token) = self.fresh(&slot, name, now) {
             if !per_user
                 && slot
                     .current
                     .load()
                     .as_ref()
-                    .is_some_and(|c| Instant::now() >= c.refresh_at)
+                    .is_some_and(|c| now >= c.refresh_at)
             {
                 self.renew_in_background(identities, identity, scope, &slot);
             }
@@ -391,7 +395,7 @@ impl TokenBroker {
         }
 
         let _single_flight = slot.fetching.lock().await;
-        if let Some(token) = self.fresh(&slot, name) {
+        if let Some(token) = self.fresh(&slot, name, Instant::now()) {
             return Ok(token);
         }
         if let Some((failed_at, backoff)) = *slot.failed.lock().unwrap_or_else(|p| p.into_inner()) {
@@ -432,19 +436,19 @@ impl TokenBroker {
         }
     }
 
-    /// The cached token when it is still good to hand out (not within its last seconds).
-    fn fresh(&self, slot: &Slot, identity: &str) -> Option<HeaderValue> {
+    /// The cached token when it is still good to hand out at `now` (not within its last seconds).
+    fn fresh(&self, slot: &Slot, identity: &str, now: Instant) -> Option<HeaderValue> {
         let current = slot.current.load_full()?;
-        let lifetime_left = current.expires_at.checked_duration_since(Instant::now())?;
+        let lifetime_left = current.expires_at.checked_duration_since(now)?;
         if lifetime_left < Duration::from_secs(5) {
             return None;
         }
         self.0.metrics.hits.with_label_values(&[identity]).inc();
-        self.0.metrics.expiry.with_label_values(&[identity]).set(
-            current
-                .expires_unix
-                .saturating_sub(crate::common::unix_now()) as f64,
-        );
+        self.0
+            .metrics
+            .expiry
+            .with_label_values(&[identity])
+            .set(lifetime_left.as_secs() as f64);
         Some(current.bearer.clone())
     }
 
@@ -509,7 +513,6 @@ impl TokenBroker {
             match result {
                 Ok(issued) => {
                     let lifetime = Duration::from_secs(issued.expires_in);
-                    let expires_unix = crate::common::unix_now() + issued.expires_in;
                     self.0
                         .metrics
                         .expiry
@@ -520,7 +523,6 @@ impl TokenBroker {
                         bearer: bearer(&issued.access_token)?,
                         expires_at: started + lifetime,
                         refresh_at: started + renew_after(lifetime),
-                        expires_unix,
                     });
                 }
                 Err(error) => {
