@@ -20,7 +20,7 @@ use crate::authn::Principal;
 use crate::body::ResponseBody;
 use crate::config::UpstreamKind;
 use crate::error::GateError;
-use crate::forward::headers::{forwarded_for_hop, RequestId, X_MS_CLIENT_REQUEST_ID};
+use crate::forward::headers::{forwarded_for_hop, RequestId};
 use crate::forward::{ForwardedFacts, Outbound};
 use crate::gate::Gate;
 use crate::identity::{IdentityError, TokenBroker};
@@ -76,7 +76,7 @@ struct Record {
 }
 
 impl Record {
-    fn new(request: &Request<Incoming>, connection: &Connection) -> Self {
+    fn new(request: &Request<Incoming>, connection: &Connection, request_id: &RequestId) -> Self {
         let header = |name: &str| {
             request
                 .headers()
@@ -99,11 +99,7 @@ impl Record {
                 path: request.uri().path().to_owned(),
                 source_ip: connection.source_ip.clone(),
                 user_agent: header("user-agent"),
-                client_request_id: request
-                    .headers()
-                    .get(&X_MS_CLIENT_REQUEST_ID)
-                    .and_then(crate::forward::headers::acceptable_request_id)
-                    .map(str::to_owned),
+                client_request_id: request_id.callers().map(str::to_owned),
                 traceparent: header("traceparent"),
             },
             principal: None,
@@ -174,7 +170,7 @@ pub async fn handle(
     let _inflight = Inflight::enter(&gate.metrics);
     let snapshot = gate.snapshot();
     let request_id = RequestId::of(request.headers());
-    let mut record = Record::new(&request, &connection);
+    let mut record = Record::new(&request, &connection, &request_id);
 
     // Every log line of this request carries its id.
     let span = tracing::info_span!("request", id = %request_id);

@@ -290,13 +290,20 @@ pub fn unique_per_request(mut value: HeaderValue) -> HeaderValue {
 /// It is kept as a header value so the caller's own id is shared, not copied, by the response's
 /// `x-request-id`, the upstream request and the audit event.
 #[derive(Clone, Debug)]
-pub struct RequestId(HeaderValue);
+pub struct RequestId {
+    value: HeaderValue,
+    /// Whether the caller chose it (the audit event records the caller's id as well).
+    callers: bool,
+}
 
 impl RequestId {
     /// The caller's id from `headers`, or a new one ([`crate::common::request_uuid`]).
     pub fn of(headers: &HeaderMap) -> Self {
         match headers.get(X_MS_CLIENT_REQUEST_ID) {
-            Some(value) if acceptable_request_id(value).is_some() => Self(value.clone()),
+            Some(value) if acceptable_request_id(value).is_some() => Self {
+                value: value.clone(),
+                callers: true,
+            },
             _ => Self::from_uuid(crate::common::request_uuid()),
         }
     }
@@ -304,20 +311,26 @@ impl RequestId {
     /// An id made by the gate, a hyphenated UUID.
     pub fn from_uuid(uuid: String) -> Self {
         // The string becomes the header value's buffer, uncopied; a UUID is always a valid one.
-        Self(
-            HeaderValue::from_maybe_shared(bytes::Bytes::from(uuid))
+        Self {
+            value: HeaderValue::from_maybe_shared(bytes::Bytes::from(uuid))
                 .unwrap_or_else(|_| HeaderValue::from_static("invalid-request-id")),
-        )
+            callers: false,
+        }
+    }
+
+    /// The id when the caller sent it, `None` when the gate made it.
+    pub fn callers(&self) -> Option<&str> {
+        self.callers.then(|| self.as_str())
     }
 
     pub fn as_str(&self) -> &str {
         // Acceptable ids and UUIDs are ASCII.
-        self.0.to_str().unwrap_or_default()
+        self.value.to_str().unwrap_or_default()
     }
 
     /// The id as a header value, never indexed by HTTP/2 ([`unique_per_request`]).
     pub fn header_value(&self) -> HeaderValue {
-        unique_per_request(self.0.clone())
+        unique_per_request(self.value.clone())
     }
 }
 
