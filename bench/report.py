@@ -1,8 +1,8 @@
 """Reads one bench/run results folder and prints the side-by-side table, each figure the median of
-its rounds, with ratios to `direct`, `nginx` and `haproxy-jwt` (the median of the ratios taken
-within each round, so that a slow minute of the machine cancels out); the proxies' CPU time per
-request at the fixed rate; each round's req/s, to show the noise; and the gate's own figures
-(start-up, idle RSS, RSS with 1,000 open connections)."""
+its rounds, with ratios to `direct`, `nginx` and `haproxy-jwt`, and of the gate to `hyper-hop`
+(the median of the ratios taken within each round, so that a slow minute of the machine cancels
+out); the proxies' CPU time per request at the fixed rate; each round's req/s, to show the noise;
+and the gate's own figures (start-up, idle RSS, RSS with 1,000 open connections)."""
 
 import json
 import pathlib
@@ -12,7 +12,7 @@ import sys
 
 run_dir = pathlib.Path(sys.argv[1])
 duration, connections, rate = sys.argv[2], sys.argv[3], sys.argv[4]
-TARGETS = ["direct", "nginx", "haproxy-jwt", "gate"]
+TARGETS = ["direct", "nginx", "haproxy-jwt", "hyper-hop", "gate"]
 
 
 def wrk(path):
@@ -105,11 +105,12 @@ for t in present:
                f"{field(t, 'h2'):9.0f} {field(t, 'h2p50'):8.2f}/{field(t, 'h2p99'):.2f}/{field(t, 'h2p999'):.2f} "
                f"{figure(field(t, 'rss'), '7.1f')}MB {total(t, 'failures'):7d}")
 out.append("")
-for base in ("direct", "nginx", "haproxy-jwt"):
+for base in ("direct", "nginx", "haproxy-jwt", "hyper-hop"):
     if base not in present:
         continue
     for t in present:
-        if t == base:
+        # hyper-hop is the gate's stack without its logic: only the gate is compared with it.
+        if t == base or (base == "hyper-hop" and t != "gate"):
             continue
         both = [r for r in rounds if t in r and base in r]
         ratio = lambda key: median(r[t][key] / r[base][key] for r in both)

@@ -23,7 +23,7 @@ if [[ ! -x $oha ]] || [[ "$($oha --version)" != "oha $OHA_VERSION" ]]; then
   echo "installing oha $OHA_VERSION (cargo install, a few minutes once)"
   cargo install --quiet --locked --version "$OHA_VERSION" --root bench/.tools oha
 fi
-cargo build --release --quiet --bin synapse-gate --example bench_fixture
+cargo build --release --quiet --bin synapse-gate --example bench_fixture --example bench_hyper_hop
 
 work=$(mktemp -d)
 chmod 755 "$work"
@@ -108,6 +108,14 @@ ready() { # url [attempts]: wait until it answers 200 with the token, 0.05 s apa
     sleep 0.05
   done
   echo "$1 never answered 200"; cat "$work"/nginx/error.log 2>/dev/null | tail -5; return 1
+}
+# hyper_hop core log: starts the gate's protocol stack without its logic (bench/hyper_hop.rs) on
+# port 18446, pinned to core; sets proxy.
+hyper_hop() {
+  taskset -c "$1" target/release/examples/bench_hyper_hop 127.0.0.1:18446 "$work/server.pem" \
+    "$work/server.key" "$work/ca.pem" "$upstream" /ws/contoso 2>"$2" &
+  pids+=($!)
+  proxy=$!
 }
 new_run_dir() { # [suffix]: a fresh results folder, named by the time, as an absolute path
   local dir
