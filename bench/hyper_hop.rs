@@ -22,7 +22,7 @@ use std::convert::Infallible;
 use std::path::Path;
 use std::time::Duration;
 
-use http::header::{AUTHORIZATION, CONNECTION, HOST};
+use http::header::{AUTHORIZATION, HOST};
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty};
@@ -151,7 +151,6 @@ impl Hop {
             parts.headers.remove(name);
         }
         parts.headers.remove(HOST);
-        parts.headers.remove(CONNECTION);
         parts
             .headers
             .insert(AUTHORIZATION, self.authorization.clone());
