@@ -1,7 +1,8 @@
 # Sourced by bench/run and bench/instructions: the pinned tools, the release build, and the parts
 # both measure against: the Synapse-like upstream and issuer (bench/fixture.rs), the nginx and
-# HAProxy configurations the gate is compared with, `ready` and `new_run_dir`. Expects LOAD_CORE;
-# sets work, pids, upstream, upstream_port, issuer, token and oha, and stops what it started on exit.
+# HAProxy configurations and the hyper-hop command the gate is compared with, `ready` and
+# `new_run_dir`. Expects LOAD_CORE; sets work, pids, upstream, upstream_port, issuer, token,
+# hyper_hop and oha, and stops what it started on exit.
 # shellcheck shell=bash
 
 # Pinned tools: upstream releases of Debian packages (any Debian revision, see
@@ -41,6 +42,9 @@ issuer=$(field issuer)
 token=$(cat "$work/token")
 
 # --- the proxies' configurations --------------------------------------------------------------
+# The gate's protocol stack without its logic (bench/hyper_hop.rs), on port 18446.
+hyper_hop=(target/release/examples/bench_hyper_hop 127.0.0.1:18446 "$work/server.pem"
+  "$work/server.key" "$work/ca.pem" "$upstream" /ws/contoso)
 mkdir -p "$work/nginx/logs"
 cat >"$work/nginx.conf" <<EOF
 # A bare TLS reverse-proxy hop: no authentication, pooled TLS connections to the upstream.
@@ -108,14 +112,6 @@ ready() { # url [attempts]: wait until it answers 200 with the token, 0.05 s apa
     sleep 0.05
   done
   echo "$1 never answered 200"; cat "$work"/nginx/error.log 2>/dev/null | tail -5; return 1
-}
-# hyper_hop core log: starts the gate's protocol stack without its logic (bench/hyper_hop.rs) on
-# port 18446, pinned to core; sets proxy.
-hyper_hop() {
-  taskset -c "$1" target/release/examples/bench_hyper_hop 127.0.0.1:18446 "$work/server.pem" \
-    "$work/server.key" "$work/ca.pem" "$upstream" /ws/contoso 2>"$2" &
-  pids+=($!)
-  proxy=$!
 }
 new_run_dir() { # [suffix]: a fresh results folder, named by the time, as an absolute path
   local dir

@@ -145,19 +145,10 @@ fn serve(config: &std::path::Path) -> ExitCode {
     run_async(cli::serve::run(config))
 }
 
-/// Runs `task` on Tokio's runtime; an error is logged and printed, and exits 1.
-///
-/// With one core to run on (a sidecar limited to one CPU, or `taskset`), the single-threaded
-/// scheduler: the multi-threaded one with one worker pays for work stealing and cross-thread
-/// wake-ups it cannot use.
+/// Runs `task` on the gate's runtime ([`synapse_gate::server::runtime`]); an error is logged and
+/// printed, and exits 1.
 fn run_async(task: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
-    let one_core = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
-    let mut builder = if one_core {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-    };
-    let runtime = match builder.enable_all().build() {
+    let runtime = match synapse_gate::server::runtime() {
         Ok(runtime) => runtime,
         Err(error) => {
             tracing::error!(%error, "cannot start the async runtime");

@@ -14,6 +14,21 @@ use crate::config::Diagnostics;
 use crate::gate::Gate;
 use crate::metrics::Metrics;
 
+/// The Tokio runtime the gate runs on.
+///
+/// With one core to run on (a sidecar limited to one CPU, or `taskset`), the single-threaded
+/// scheduler: the multi-threaded one with one worker pays for work stealing and cross-thread
+/// wake-ups it cannot use.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let one_core = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
+    let mut builder = if one_core {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    builder.enable_all().build()
+}
+
 /// Why the gate could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

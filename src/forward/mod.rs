@@ -71,6 +71,35 @@ pub struct Forwarded {
 
 type HttpClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
 
+/// The pooled client the gate reaches upstreams with: HTTP/2 where the upstream offers it
+/// (ALPN), HTTP/1.1 otherwise, over TLS with `ca_file` trusted besides the system's roots.
+/// Public so `bench/hyper_hop.rs` measures the very same client.
+pub fn upstream_client<B>(
+    ca_file: Option<&Path>,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+) -> Result<Client<HttpsConnector<HttpConnector>, B>, TlsError>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+{
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls::client_config(ca_file)?)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(idle_timeout)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .build(https))
+}
+
 /// Sends requests to one upstream over a connection pool.
 pub struct Forwarder {
     name: String,
@@ -100,21 +129,7 @@ impl Forwarder {
         let base_path = uri.path().trim_end_matches('/').to_owned();
 
         let timeouts = &upstream.timeouts;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(timeouts.connect.0));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls::client_config(ca_file)?)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(timeouts.idle.0)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(https);
+        let client = upstream_client(ca_file, timeouts.connect.0, timeouts.idle.0)?;
 
         Ok(Self {
             name: upstream.name.value.clone(),

@@ -72,6 +72,29 @@ pub async fn run(gate: Arc<Gate>, listener: TcpListener, shutdown: impl Future<O
     }
 }
 
+/// The HTTP/1.1 + HTTP/2 server for one client connection, with the listener's limits. Public so
+/// `bench/hyper_hop.rs` measures the very same server.
+pub fn http_builder(
+    header_read_timeout: Duration,
+    max_header_bytes: usize,
+) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .max_buf_size((max_header_bytes + 16 * 1024).max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256)
+        .max_pending_accept_reset_streams(64)
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
+}
+
 async fn serve_connection<I>(
     gate: Arc<Gate>,
     connection: Connection,
@@ -81,20 +104,7 @@ async fn serve_connection<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let listen = &gate.snapshot().listen;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(listen.header_read_timeout)
-        .max_buf_size((listen.max_header_bytes + 16 * 1024).max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(listen.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256)
-        .max_pending_accept_reset_streams(64)
-        .keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(20));
+    let builder = http_builder(listen.header_read_timeout, listen.max_header_bytes);
     let header_read_timeout = listen.header_read_timeout;
     let connection = Arc::new(connection);
     // Until its first request arrives a connection gets `header_read_timeout`: hyper's own timer
