@@ -54,10 +54,9 @@ impl Drop for Process {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!(
-                "--- oidc-provider stderr ---\n{}",
-                self.stderr.lock().unwrap()
-            );
+            // Poisoned when a panic struck while it was held: the text is still what we want.
+            let stderr = self.stderr.lock().unwrap_or_else(|p| p.into_inner());
+            eprintln!("--- oidc-provider stderr ---\n{stderr}");
         }
     }
 }
@@ -124,10 +123,9 @@ impl Process {
                 .await
                 .unwrap();
         let issuer = ready.unwrap_or_else(|e| {
-            panic!(
-                "oidc-provider did not print READY ({e}); stderr:\n{}",
-                process.stderr.lock().unwrap()
-            )
+            // Copied out first: panicking while holding the lock would poison it for `drop`.
+            let stderr = process.stderr.lock().map(|s| s.clone()).unwrap_or_default();
+            panic!("oidc-provider did not print READY ({e}); stderr:\n{stderr}")
         });
         (process, issuer)
     }
