@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response};
@@ -62,8 +62,8 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 
 /// What metrics and the audit event need to know about a request, filled in stage by stage.
 struct Record {
-    /// The upstream's name, once routed.
-    upstream: Option<Arc<str>>,
+    /// The upstream, once routed.
+    upstream: Option<Arc<Upstream>>,
     action: &'static str,
     decision: &'static str,
     upstream_status: Option<u16>,
@@ -114,7 +114,7 @@ impl Record {
         id: RequestId,
         error: Option<AuditError>,
         outcome: &'static str,
-        started: Instant,
+        duration: Duration,
         claim_names: &[String],
     ) -> Event {
         let principal = self.principal.map(|principal| EventPrincipal {
@@ -133,7 +133,7 @@ impl Record {
             event: None,
             principal,
             request: Some(self.request),
-            upstream_name: self.upstream,
+            upstream_name: self.upstream.map(|upstream| upstream.name.clone()),
             action: (self.action != "none").then_some(self.action),
             resource: self.resource,
             decision: self.audit_decision,
@@ -143,7 +143,7 @@ impl Record {
             }),
             outcome,
             error,
-            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+            duration_ms: duration.as_secs_f64() * 1000.0,
         }
     }
 }
@@ -205,11 +205,12 @@ pub async fn handle(
         record.upstream_seconds,
     );
     let forwarded = record.forwarded;
+    let duration = started.elapsed();
     let event = record.event(
         request_id.clone(),
         error,
         outcome,
-        started,
+        duration,
         snapshot.policies.claim_names(),
     );
     if !gate.auditor.record(&event).await && gate.auditor.rejects_on_failure() && forwarded {
@@ -225,7 +226,7 @@ pub async fn handle(
     response
         .headers_mut()
         .insert(X_REQUEST_ID.clone(), request_id.header_value());
-    observe(&gate.metrics, &labels, response.status(), started);
+    observe(&gate.metrics, &labels, response.status(), duration);
     response
 }
 
@@ -242,12 +243,13 @@ async fn process(
     check_target(&request, connection)?;
     synapse::check_path(request.uri().path())?;
 
-    let host = request_host(&request).map(str::to_owned);
-    let routed = snapshot
-        .router
-        .route(host.as_deref(), request.uri().path())?;
+    // The audit record already holds a copy of the host.
+    let host = request_host(&request)
+        .is_some()
+        .then_some(record.request.host.as_str());
+    let routed = snapshot.router.route(host, request.uri().path())?;
     let upstream = routed.target.clone();
-    record.upstream = Some(upstream.name.clone());
+    record.upstream = Some(upstream.clone());
 
     let principal = snapshot
         .authenticator
@@ -270,7 +272,7 @@ async fn process(
         resource: &classified.resource,
         method: request.method().as_str(),
         path: routed.path,
-        host: host.as_deref().map(crate::route::strip_port),
+        host: host.map(crate::route::strip_port),
         source_ip: Some(connection.peer.ip().to_canonical()),
     });
     record.resource = Some(classified.resource);
@@ -315,7 +317,7 @@ async fn process(
     let upstream_uri = upstream
         .forwarder
         .upstream_uri(routed.path, request.uri().query())?;
-    let external_base = external_base(listen, connection, &request, host.as_deref(), routed.prefix);
+    let external_base = external_base(listen, connection, &request, host, routed.prefix);
 
     // The upstream call is a child span of the caller's trace, or the root of a new one.
     let traceparent = child_traceparent(record.request.traceparent.as_deref());
@@ -341,7 +343,7 @@ async fn process(
                     peer: connection.forwarded_for.clone(),
                     peer_is_trusted,
                     scheme,
-                    host: host.as_deref(),
+                    host,
                 },
                 external_base: &external_base,
                 max_body_bytes: listen.max_body_bytes,
@@ -484,31 +486,35 @@ fn external_base<B>(
     crate::common::concat(&[scheme, "://", host, prefix])
 }
 
+/// The request's metrics: its count by upstream, action, decision and status, and its latency
+/// (and the upstream's) in the routed upstream's series.
 fn observe(
     metrics: &Metrics,
     (upstream, action, decision, upstream_seconds): &(
-        Option<Arc<str>>,
+        Option<Arc<Upstream>>,
         &'static str,
         &'static str,
         Option<f64>,
     ),
     status: http::StatusCode,
-    started: Instant,
+    duration: Duration,
 ) {
-    let upstream = upstream.as_deref().unwrap_or("none");
+    let name = upstream.as_ref().map_or("none", |u| &*u.name);
     metrics
         .requests
-        .with_label_values(&[upstream, action, decision, status.as_str()])
+        .with_label_values(&[name, action, decision, status.as_str()])
         .inc();
-    metrics
-        .request_duration
-        .with_label_values(&[upstream])
-        .observe(started.elapsed().as_secs_f64());
-    if let Some(seconds) = upstream_seconds {
-        metrics
-            .upstream_duration
-            .with_label_values(&[upstream])
-            .observe(*seconds);
+    match upstream {
+        Some(upstream) => {
+            upstream.request_duration.observe(duration.as_secs_f64());
+            if let Some(seconds) = upstream_seconds {
+                upstream.upstream_duration.observe(*seconds);
+            }
+        }
+        None => metrics
+            .request_duration
+            .with_label_values(&["none"])
+            .observe(duration.as_secs_f64()),
     }
 }
 
@@ -523,7 +529,7 @@ async fn workload_token(
 ) -> Result<HeaderValue, GateError> {
     let scope = upstream
         .scope
-        .as_deref()
+        .as_ref()
         .ok_or_else(|| IdentityError::NoScope {
             upstream: upstream.name.to_string(),
         })?;

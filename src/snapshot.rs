@@ -15,6 +15,7 @@ use crate::forward::Forwarder;
 use crate::identity::Identities;
 use crate::metrics::Metrics;
 use crate::policy::{PolicyContext, PolicySet};
+use prometheus::Histogram;
 
 /// The scope of Synapse development-endpoint tokens.
 pub const SYNAPSE_SCOPE: &str = "https://dev.azuresynapse.net/.default";
@@ -27,9 +28,13 @@ pub struct Upstream {
     pub kind: UpstreamKind,
     /// The `workspace` resource attribute of requests sent here.
     pub workspace: Option<String>,
-    /// OAuth scope of workload tokens for this upstream.
-    pub scope: Option<String>,
+    /// OAuth scope of workload tokens for this upstream (shared with the token cache's keys).
+    pub scope: Option<Arc<str>>,
     pub forwarder: Forwarder,
+    /// This upstream's series of the latency histograms, looked up once per configuration
+    /// rather than by label on every request.
+    pub request_duration: Histogram,
+    pub upstream_duration: Histogram,
 }
 
 /// Client listener settings, resolved.
@@ -63,7 +68,7 @@ pub struct Snapshot {
     pub policies: PolicySet,
     pub identities: Arc<Identities>,
     upstream_names: Vec<String>,
-    upstream_scopes: Vec<String>,
+    upstream_scopes: Vec<Arc<str>>,
     /// Directories whose changes trigger a reload: the config file's and every referenced file's.
     pub watched_dirs: Vec<PathBuf>,
     /// The files (and the policy directory) this snapshot was built from, absolute: only changes
@@ -73,8 +78,8 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Every distinct workload-token scope of the upstreams.
-    pub fn scopes(&self) -> Vec<String> {
-        let mut scopes: Vec<String> = self.upstream_scopes.clone();
+    pub fn scopes(&self) -> Vec<Arc<str>> {
+        let mut scopes = self.upstream_scopes.clone();
         scopes.sort();
         scopes.dedup();
         scopes
@@ -175,11 +180,19 @@ impl Snapshot {
                                 .then(|| workspace_from_url(&upstream.url.value))
                                 .flatten()
                         }),
-                        scope: upstream.scope.clone().or_else(|| {
-                            (upstream.kind == UpstreamKind::SynapseDev)
-                                .then(|| SYNAPSE_SCOPE.to_owned())
-                        }),
+                        scope: upstream
+                            .scope
+                            .as_deref()
+                            .or((upstream.kind == UpstreamKind::SynapseDev)
+                                .then_some(SYNAPSE_SCOPE))
+                            .map(Arc::from),
                         forwarder,
+                        request_duration: metrics
+                            .request_duration
+                            .with_label_values(&[&upstream.name.value]),
+                        upstream_duration: metrics
+                            .upstream_duration
+                            .with_label_values(&[&upstream.name.value]),
                     }),
                 )),
                 Err(error) => {

@@ -181,10 +181,12 @@ impl Timestamp {
         let mut text = [0u8; 24];
         let mut at = 0;
         for (value, width, after) in fields {
-            for power in (0..width).rev() {
-                text[at] = b'0' + (value / 10u64.pow(power) % 10) as u8;
-                at += 1;
+            let mut rest = value;
+            for digit in text[at..at + width].iter_mut().rev() {
+                *digit = b'0' + (rest % 10) as u8;
+                rest /= 10;
             }
+            at += width;
             text[at] = after;
             at += 1;
         }

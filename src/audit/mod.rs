@@ -112,37 +112,48 @@ impl Auditor {
                 return !self.reject;
             }
         };
-        let Some(sender) = self.sender() else {
-            return !self.reject;
-        };
-        if self.reject {
+        let (done, written) = if self.reject {
             let (done, written) = oneshot::channel();
-            if sender
-                .send(Job {
-                    json,
-                    done: Some(done),
-                })
-                .await
-                .is_err()
-            {
-                return false;
-            }
+            (Some(done), Some(written))
+        } else {
+            (None, None)
+        };
+        let job = Job { json, done };
+        // Queued under the lock, without a clone of the sender: only a full queue makes a
+        // request wait for room (through a clone, so the lock is not held across the wait).
+        let queued = {
+            let sender = self.sender.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(sender) = sender.as_ref() else {
+                return !self.reject;
+            };
+            let queued = sender.try_send(job);
             self.metrics
                 .queue_depth
                 .set((sender.max_capacity() - sender.capacity()) as i64);
-            written.await.unwrap_or(false)
-        } else {
-            if sender.try_send(Job { json, done: None }).is_err() {
+            queued
+        };
+        let Some(written) = written else {
+            if queued.is_err() {
                 self.metrics
                     .events
                     .with_label_values(&["queue", "dropped"])
                     .inc();
             }
-            self.metrics
-                .queue_depth
-                .set((sender.max_capacity() - sender.capacity()) as i64);
-            true
+            return true;
+        };
+        match queued {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(job)) => {
+                let Some(sender) = self.sender() else {
+                    return false;
+                };
+                if sender.send(job).await.is_err() {
+                    return false;
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return false,
         }
+        written.await.unwrap_or(false)
     }
 
     fn sender(&self) -> Option<mpsc::Sender<Job>> {

@@ -167,7 +167,8 @@ pub struct Authenticator {
     providers: Vec<Provider>,
     by_issuer: HashMap<String, usize>,
     max_token_bytes: usize,
-    cache: moka::sync::Cache<[u8; 32], Arc<CachedToken>>,
+    /// Keyed by the token's SHA-256, which a caller cannot steer, so a fast hasher is safe.
+    cache: moka::sync::Cache<[u8; 32], Arc<CachedToken>, foldhash::fast::RandomState>,
     failures: IntCounterVec,
 }
 
@@ -302,7 +303,7 @@ impl Authenticator {
             cache: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .expire_after(UntilTokenExpiry)
-                .build(),
+                .build_with_hasher(foldhash::fast::RandomState::default()),
             failures,
         })
     }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use http::HeaderValue;
-use prometheus::{GaugeVec, IntCounterVec};
+use prometheus::{Gauge, GaugeVec, IntCounter, IntCounterVec};
 
 use crate::config::{
     AzureApplication, Diagnostic, IdentityConfig, KeyVaultSecret, LoadedConfig, SecretRef,
@@ -288,19 +288,35 @@ fn bearer(token: &str) -> Result<HeaderValue, TokenError> {
     Ok(value)
 }
 
-/// One cache key's state: the current token, the single-flight lock, the failure back-off.
-#[derive(Default)]
+/// One cache key's state: the current token, the single-flight lock, the failure back-off, and
+/// its identity's series of the cache metrics (looked up once, not by label on every hit).
 struct Slot {
     current: ArcSwapOption<Cached>,
     fetching: tokio::sync::Mutex<()>,
     renewing: AtomicBool,
     failed: Mutex<Option<(Instant, Duration)>>,
+    hits: IntCounter,
+    expiry: Gauge,
+}
+
+impl Slot {
+    fn new(metrics: &IdentityMetrics, identity: &str) -> Self {
+        Self {
+            current: ArcSwapOption::empty(),
+            fetching: tokio::sync::Mutex::new(()),
+            renewing: AtomicBool::new(false),
+            failed: Mutex::new(None),
+            hits: metrics.hits.with_label_values(&[identity]),
+            expiry: metrics.expiry.with_label_values(&[identity]),
+        }
+    }
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct Key {
     fingerprint: Arc<str>,
-    scope: String,
+    /// Shared with the upstream's configuration: building the key costs no allocation.
+    scope: Arc<str>,
     /// Hash of the caller's subject, for per-user identities.
     user: Option<[u8; 32]>,
 }
@@ -323,7 +339,8 @@ pub struct IdentityMetrics {
 }
 
 struct Inner {
-    slots: moka::sync::Cache<Key, Arc<Slot>>,
+    /// Keys are configuration and a subject's SHA-256, so a fast hasher is safe.
+    slots: moka::sync::Cache<Key, Arc<Slot>, foldhash::fast::RandomState>,
     vault: Mutex<HashMap<(String, String), VaultSlot>>,
     metrics: IdentityMetrics,
 }
@@ -350,7 +367,7 @@ impl TokenBroker {
             slots: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_idle(Duration::from_secs(24 * 3600))
-                .build(),
+                .build_with_hasher(foldhash::fast::RandomState::default()),
             vault: Mutex::new(HashMap::new()),
             metrics,
         }))
@@ -362,26 +379,25 @@ impl TokenBroker {
         &self,
         identities: &Arc<Identities>,
         identity: &Arc<Identity>,
-        scope: &str,
+        scope: &Arc<str>,
         caller: Option<(&str, &str)>,
     ) -> Result<HeaderValue, IdentityError> {
         let per_user = identity.is_per_user();
         let key = Key {
             fingerprint: identity.fingerprint.clone(),
-            scope: scope.to_owned(),
+            scope: scope.clone(),
             user: per_user
                 .then(|| caller.map(|(subject, _)| crate::common::sha256(subject.as_bytes())))
                 .flatten(),
         };
         // By reference: `get_with` would put the key in a new `Arc` on every hit.
-        let slot = self
-            .0
-            .slots
-            .get_with_by_ref(&key, || Arc::new(Slot::default()));
+        let slot = self.0.slots.get_with_by_ref(&key, || {
+            Arc::new(Slot::new(&self.0.metrics, &identity.name))
+        });
         let name = identity.name.as_str();
 
         let now = Instant::now();
-        if let Some(token) = self.fresh(&slot, name, now) {
+        if let Some(token) = Self::fresh(&slot, now) {
             if !per_user
                 && slot
                     .current
@@ -395,7 +411,7 @@ impl TokenBroker {
         }
 
         let _single_flight = slot.fetching.lock().await;
-        if let Some(token) = self.fresh(&slot, name, Instant::now()) {
+        if let Some(token) = Self::fresh(&slot, Instant::now()) {
             return Ok(token);
         }
         if let Some((failed_at, backoff)) = *slot.failed.lock().unwrap_or_else(|p| p.into_inner()) {
@@ -437,18 +453,14 @@ impl TokenBroker {
     }
 
     /// The cached token when it is still good to hand out at `now` (not within its last seconds).
-    fn fresh(&self, slot: &Slot, identity: &str, now: Instant) -> Option<HeaderValue> {
+    fn fresh(slot: &Slot, now: Instant) -> Option<HeaderValue> {
         let current = slot.current.load_full()?;
         let lifetime_left = current.expires_at.checked_duration_since(now)?;
         if lifetime_left < Duration::from_secs(5) {
             return None;
         }
-        self.0.metrics.hits.with_label_values(&[identity]).inc();
-        self.0
-            .metrics
-            .expiry
-            .with_label_values(&[identity])
-            .set(lifetime_left.as_secs() as f64);
+        slot.hits.inc();
+        slot.expiry.set(lifetime_left.as_secs() as f64);
         Some(current.bearer.clone())
     }
 
@@ -605,8 +617,9 @@ impl TokenBroker {
         }
         .cloned()
         .ok_or_else(|| TokenError::Config("no identity can read Key Vault secrets".into()))?;
+        let scope: Arc<str> = Arc::from(KEY_VAULT_SCOPE);
         let token: Pin<Box<dyn Future<Output = Result<HeaderValue, IdentityError>> + Send + '_>> =
-            Box::pin(self.token(identities, &identity, KEY_VAULT_SCOPE, None));
+            Box::pin(self.token(identities, &identity, &scope, None));
         let bearer = token
             .await
             .map_err(|e| TokenError::Transport(format!("no Key Vault token: {e}")))?;
@@ -645,7 +658,7 @@ impl TokenBroker {
 
     /// Fetches a token for every identity and scope in use, so problems are logged at start-up
     /// (per-user identities need a caller and are skipped).
-    pub fn warm_up(&self, identities: &Arc<Identities>, scopes: Vec<String>) {
+    pub fn warm_up(&self, identities: &Arc<Identities>, scopes: Vec<Arc<str>>) {
         for identity in identities.all().filter(|i| !i.is_per_user()) {
             for scope in &scopes {
                 let (broker, identities, identity, scope) = (

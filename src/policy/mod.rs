@@ -64,18 +64,22 @@ impl Decision {
     }
 }
 
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Rules with one action in common, split by the principal attribute they are keyed on.
+/// The maps use foldhash, not SipHash: their keys come from the policy files, so a caller's
+/// claims can only look keys up, never fill a map with colliding ones.
 #[derive(Default)]
 struct Bucket {
-    by_group: HashMap<Box<str>, Vec<u32>>,
-    by_subject: HashMap<Box<str>, Vec<u32>>,
+    by_group: FastMap<Box<str>, Vec<u32>>,
+    by_subject: FastMap<Box<str>, Vec<u32>>,
     rest: Vec<u32>,
 }
 
 /// A compiled, immutable set of rules and their tests.
 pub struct PolicySet {
     rules: Vec<Rule>,
-    index: HashMap<&'static str, Bucket>,
+    index: FastMap<&'static str, Bucket>,
     tests: Vec<(std::path::PathBuf, TestSpec)>,
     /// Problems that do not stop loading (rules that can never match, shadowed allows).
     pub warnings: Vec<Diagnostic>,
@@ -92,7 +96,7 @@ impl PolicySet {
         warnings: Vec<Diagnostic>,
         file_count: usize,
     ) -> Self {
-        let mut index: HashMap<&'static str, Bucket> = HashMap::new();
+        let mut index: FastMap<&'static str, Bucket> = FastMap::default();
         for (position, rule) in rules.iter().enumerate() {
             let position = u32::try_from(position).unwrap_or(u32::MAX);
             for action in &rule.actions {
