@@ -2,7 +2,7 @@
 # both measure against: the Synapse-like upstream and issuer (bench/fixture.rs), the nginx and
 # HAProxy configurations and the hyper-hop command the gate is compared with, `ready` and
 # `new_run_dir`. Expects LOAD_CORE; sets work, pids, upstream, upstream_port, issuer, token,
-# hyper_hop and oha, and stops what it started on exit.
+# hyper_hop, gate_glibc_tunables and oha, and stops what it started on exit.
 # shellcheck shell=bash
 
 # Pinned tools: upstream releases of Debian packages (any Debian revision, see
@@ -42,6 +42,9 @@ issuer=$(field issuer)
 token=$(cat "$work/token")
 
 # --- the proxies' configurations --------------------------------------------------------------
+# The gate runs with the allocator setting its container image ships (Dockerfile's ENV).
+gate_glibc_tunables=$(sed -n 's/.*GLIBC_TUNABLES=\([^ \\]*\).*/\1/p' Dockerfile)
+[[ -n $gate_glibc_tunables ]] || { echo "no GLIBC_TUNABLES in the Dockerfile"; exit 1; }
 # The gate's protocol stack without its logic (bench/hyper_hop.rs), on port 18446.
 hyper_hop=(target/release/examples/bench_hyper_hop 127.0.0.1:18446 "$work/server.pem"
   "$work/server.key" "$work/ca.pem" "$upstream" /ws/contoso)
