@@ -67,7 +67,7 @@ struct Record {
     action: &'static str,
     decision: &'static str,
     upstream_status: Option<u16>,
-    upstream_seconds: Option<f64>,
+    upstream_duration: Option<Duration>,
     forwarded: bool,
     request: AuditRequest,
     principal: Option<Arc<Principal>>,
@@ -90,7 +90,7 @@ impl Record {
             action: "none",
             decision: "none",
             upstream_status: None,
-            upstream_seconds: None,
+            upstream_duration: None,
             forwarded: false,
             request: AuditRequest {
                 method: method_name(request.method()),
@@ -139,13 +139,19 @@ impl Record {
             decision: self.audit_decision,
             upstream: self.upstream_status.map(|status| AuditUpstream {
                 status,
-                duration_ms: self.upstream_seconds.unwrap_or_default() * 1000.0,
+                duration_ms: milliseconds(self.upstream_duration.unwrap_or_default()),
             }),
             outcome,
             error,
-            duration_ms: duration.as_secs_f64() * 1000.0,
+            duration_ms: milliseconds(duration),
         }
     }
+}
+
+/// A duration as the audit event writes it: milliseconds to the microsecond (`41.7`, `0.602`),
+/// not the float's every digit (`0.6020930000000001`).
+fn milliseconds(duration: Duration) -> f64 {
+    duration.as_micros() as f64 / 1000.0
 }
 
 /// The method as the audit event writes it: the standard ones without a copy.
@@ -202,7 +208,7 @@ pub async fn handle(
         record.upstream.clone(),
         record.action,
         record.decision,
-        record.upstream_seconds,
+        record.upstream_duration,
     );
     let forwarded = record.forwarded;
     let duration = started.elapsed();
@@ -353,7 +359,7 @@ async fn process(
         )
         .await?;
     record.upstream_status = Some(forwarded.response.status().as_u16());
-    record.upstream_seconds = Some(forwarded.upstream_duration.as_secs_f64());
+    record.upstream_duration = Some(forwarded.upstream_duration);
     Ok(forwarded.response)
 }
 
@@ -490,11 +496,11 @@ fn external_base<B>(
 /// (and the upstream's) in the routed upstream's series.
 fn observe(
     metrics: &Metrics,
-    (upstream, action, decision, upstream_seconds): &(
+    (upstream, action, decision, upstream_duration): &(
         Option<Arc<Upstream>>,
         &'static str,
         &'static str,
-        Option<f64>,
+        Option<Duration>,
     ),
     status: http::StatusCode,
     duration: Duration,
@@ -507,8 +513,10 @@ fn observe(
     match upstream {
         Some(upstream) => {
             upstream.request_duration.observe(duration.as_secs_f64());
-            if let Some(seconds) = upstream_seconds {
-                upstream.upstream_duration.observe(*seconds);
+            if let Some(upstream_duration) = upstream_duration {
+                upstream
+                    .upstream_duration
+                    .observe(upstream_duration.as_secs_f64());
             }
         }
         None => metrics
@@ -601,6 +609,17 @@ mod tests {
         }
         let custom = http::Method::from_bytes(b"PROPFIND").unwrap();
         assert_eq!(method_name(&custom), "PROPFIND");
+    }
+
+    #[test]
+    fn audit_durations_are_written_to_the_microsecond() {
+        let written = |nanos: u64| {
+            serde_json::to_string(&milliseconds(Duration::from_nanos(nanos))).unwrap_or_default()
+        };
+        assert_eq!(written(602_093), "0.602");
+        assert_eq!(written(41_700_999), "41.7");
+        assert_eq!(written(1_500_000_000), "1500.0");
+        assert_eq!(written(999), "0.0");
     }
 
     #[test]
