@@ -51,6 +51,18 @@ def optional_number(path, scale=1.0):
     return int(path.read_text().strip() or 0) * scale if path.exists() else None
 
 
+def busy_percent(folder, target, run):
+    """How busy (proxy's core, load core) were during a req/s run, in %; (None, None) where not
+    recorded. Older results folders hold the proxy's core for the h1 run only."""
+    path = folder / f"{target}.{run}-busy-permille"
+    if path.exists():
+        proxy, load = (int(n) / 10 for n in path.read_text().split())
+        return proxy, load
+    if run == "h1":
+        return optional_number(folder / f"{target}.h1-core-permille", 0.1), None
+    return None, None
+
+
 def one_round(folder):
     rows = {}
     for target in TARGETS:
@@ -68,7 +80,9 @@ def one_round(folder):
             failures=f1 + f2 + f3 + f4 + f5,
             h1cpu=cpu_us_per_request(folder, target, "h1-rate", h1n),
             h2cpu=cpu_us_per_request(folder, target, "h2-rate", h2n),
-            busy=optional_number(folder / f"{target}.h1-core-permille", 0.1),
+            **{f"{run}_{core}": busy
+               for run in ("h1", "h1-1000-callers", "h2")
+               for core, busy in zip(("proxy", "load"), busy_percent(folder, target, run))},
             ready=optional_number(folder / f"{target}.ready-ms"),
             idle=optional_number(folder / f"{target}.idle-rss-kb", 1 / 1024),
             held=optional_number(folder / f"{target}.rss-1000-connections-kb", 1 / 1024))
@@ -125,13 +139,21 @@ for t in present:
 if any(field(t, "h1cpu") is not None for t in present):
     out.append("")
     out.append(f"CPU time of the proxy per request at {rate}/s (all its processes and threads, kernel "
-               "included), and how busy its core was during the h1 req/s run")
+               "included)")
     for t in present:
         if field(t, "h1cpu") is None:
             continue
         out.append(f"{t:12} h1 {figure(field(t, 'h1cpu'), '.1f'):>6} us/request   "
-                   f"h2 {figure(field(t, 'h2cpu'), '.1f'):>6} us/request   "
-                   f"core busy {figure(field(t, 'busy'), '.0f'):>3} %")
+                   f"h2 {figure(field(t, 'h2cpu'), '.1f'):>6} us/request")
+if any(field(t, "h1_proxy") is not None for t in present):
+    out.append("")
+    out.append("how busy the proxy's core / the load core were during the req/s runs: where the load "
+               "core is full\nand the proxy's is not, the load generator and upstream were the limit "
+               "and the req/s is a floor")
+    for t in present:
+        busy = lambda run: (f"{figure(field(t, run + '_proxy'), '.0f'):>3} / "
+                            f"{figure(field(t, run + '_load'), '.0f'):>3} %")
+        out.append(f"{t:12} h1 {busy('h1')}   1000 callers {busy('h1-1000-callers')}   h2 {busy('h2')}")
 if "gate" in present and field("gate", "ready") is not None:
     out.append("")
     out.append(f"gate: ready {field('gate', 'ready'):.0f} ms after start (keys from a local issuer), "
