@@ -285,8 +285,9 @@ fn semantics_table() {
 
 // ---------------------------------------------------------------------------------------------
 // Index versus linear scan: random rule sets, random principals and requests; `decide` (which
-// looks only at the rules indexed under the principal's subject and groups) must give exactly
-// the decision that follows from every rule's trace.
+// looks only at the rules indexed under the principal's subject and groups and, in long lists,
+// under the start of the resource's name) must give exactly the decision that follows from every
+// rule's trace.
 // ---------------------------------------------------------------------------------------------
 
 /// xorshift64*: deterministic, good enough to pick from small lists.
@@ -347,10 +348,28 @@ const ACTION_PATTERNS: [&str; 11] = [
     "*.delete",
     "unknown",
 ];
-const NAME_GLOBS: [&str; 4] = ["nightly_*", "n1", "*", "adhoc"];
-const REQUESTS: [&str; 12] = [
+/// Name patterns with literal starts of every length (the index files rules under them), in
+/// both cases (deny rules compare names in lower case), and with none (negation, braces, classes).
+const NAME_GLOBS: [&str; 12] = [
+    "nightly_*",
+    "n1",
+    "*",
+    "adhoc",
+    "Nightly_*",
+    "night*",
+    "NIGHTLY_A",
+    "n?",
+    "!adhoc",
+    "{adhoc,n1}",
+    "[an]*",
+    "nightly_a",
+];
+const REQUESTS: [&str; 15] = [
     "GET https://contoso.gate.example.com/pipelines",
     "GET https://contoso.gate.example.com/pipelines/nightly_a",
+    "GET https://contoso.gate.example.com/pipelines/Nightly_b",
+    "DELETE https://contoso.gate.example.com/pipelines/NIGHTLY_A",
+    "GET https://contoso.gate.example.com/notebooks/n10",
     "POST https://contoso.gate.example.com/pipelines/nightly_a/createRun",
     "POST https://contoso.gate.example.com/pipelines/adhoc/createRun",
     "DELETE https://contoso.gate.example.com/pipelines/adhoc",
@@ -405,7 +424,7 @@ fn random_rule(rng: &mut Rng, id: &str) -> (String, Option<&'static str>) {
             yaml_list(&rng.some(&ACTION_PATTERNS, 3))
         ));
     }
-    if rng.chance(25) {
+    if rng.chance(40) {
         fields.push(format!(
             "resources: {{ name: {} }}",
             yaml_list(&rng.some(&NAME_GLOBS, 2))
@@ -467,7 +486,12 @@ fn indexed_decisions_equal_a_linear_scan() {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let (mut decisions, mut allows, mut denies_by_rule, mut with_shadow) = (0, 0, 0, 0);
     for set_number in 0..150 {
-        let rule_count = 1 + rng.below(40);
+        // Every fifth set is large enough that the lists under one group are indexed by name.
+        let rule_count = if set_number % 5 == 0 {
+            100 + rng.below(200)
+        } else {
+            1 + rng.below(40)
+        };
         let file_count = 1 + rng.below(3);
         let mut files = vec![String::new(); file_count];
         let mut identities = BTreeMap::new();

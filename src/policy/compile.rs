@@ -61,10 +61,30 @@ pub(super) enum IndexKey<'a> {
     None,
 }
 
-/// Whether `pattern` is more than a literal for `glob-match` (wildcards, classes, braces,
-/// negation, escapes).
+/// What `glob-match` reads as more than a literal: wildcards, classes, braces, negation, escapes.
+const GLOB_SYNTAX: [char; 6] = ['*', '?', '[', '{', '!', '\\'];
+
+/// Whether `pattern` is more than a literal for `glob-match`.
 fn has_glob(pattern: &str) -> bool {
-    pattern.contains(['*', '?', '[', '{', '!', '\\'])
+    pattern.contains(GLOB_SYNTAX)
+}
+
+/// The text every value `pattern` matches begins with: the pattern up to its first glob syntax
+/// or `/` (which `glob-match` compares as a path separator, not byte for byte).
+fn literal_start(pattern: &str) -> &str {
+    let end = pattern
+        .find(|c| GLOB_SYNTAX.contains(&c) || c == '/')
+        .unwrap_or(pattern.len());
+    &pattern[..end]
+}
+
+/// `value` with ASCII letters in lower case, copied only when it has an upper-case one.
+pub(super) fn ascii_lowercase(value: &str) -> Cow<'_, str> {
+    if value.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(value.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(value)
+    }
 }
 
 /// The path as the upstream reads it: percent-decoded (`/%61dmin` is `/admin`). Paths that
@@ -89,6 +109,22 @@ impl Rule {
     /// The claims this rule's principal conditions name.
     pub(super) fn claim_names(&self) -> impl Iterator<Item = &str> {
         self.principal.claims.iter().map(|(name, _)| name.as_str())
+    }
+
+    /// The literal start of each of this rule's resource `name` patterns, in lower case; `None`
+    /// when the rule has no name condition. A resource whose name, in lower case, begins with
+    /// none of them cannot match (deny rules compare names in lower case, allow rules as written),
+    /// so the policy index files the rule under each start.
+    pub(super) fn name_starts(&self) -> Option<impl Iterator<Item = String> + '_> {
+        let (_, patterns) = self
+            .resources
+            .iter()
+            .find(|(attribute, _)| attribute == "name")?;
+        Some(
+            patterns
+                .iter()
+                .map(|pattern| literal_start(pattern).to_ascii_lowercase()),
+        )
     }
 
     pub(super) fn index_key(&self) -> IndexKey<'_> {
@@ -119,8 +155,8 @@ impl Rule {
     /// literals are case-insensitive, so a deny must catch every spelling; an allow matches only
     /// the spelling its author wrote.
     fn folded<'v>(&self, value: &'v str) -> Cow<'v, str> {
-        if self.effect == Effect::Deny && value.bytes().any(|b| b.is_ascii_uppercase()) {
-            Cow::Owned(value.to_ascii_lowercase())
+        if self.effect == Effect::Deny {
+            ascii_lowercase(value)
         } else {
             Cow::Borrowed(value)
         }
