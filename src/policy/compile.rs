@@ -78,6 +78,9 @@ fn literal_start(pattern: &str) -> &str {
     &pattern[..end]
 }
 
+/// The resource attribute the policy index narrows by: a rule's `resources: { name: … }`.
+pub(super) const NAME_ATTRIBUTE: &str = "name";
+
 /// `value` with ASCII letters in lower case, copied only when it has an upper-case one.
 pub(super) fn ascii_lowercase(value: &str) -> Cow<'_, str> {
     if value.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -119,7 +122,7 @@ impl Rule {
         let (_, patterns) = self
             .resources
             .iter()
-            .find(|(attribute, _)| attribute == "name")?;
+            .find(|(attribute, _)| attribute == NAME_ATTRIBUTE)?;
         Some(
             patterns
                 .iter()

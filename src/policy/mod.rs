@@ -127,13 +127,13 @@ impl Candidates {
     }
 
     /// Hands `visit` the positions of every rule here that can match a resource whose name, in
-    /// lower case, is `name`. Without a name, rules with a name condition cannot match.
-    fn visit(&self, name: Option<&str>, visit: &mut impl FnMut(&[u32])) {
+    /// lower case, is `name()`. Without a name, rules with a name condition cannot match.
+    fn visit<'n>(&self, name: &impl Fn() -> Option<&'n str>, visit: &mut impl FnMut(&[u32])) {
         let Some(index) = &self.by_name else {
             return visit(&self.positions);
         };
         visit(&index.any_name);
-        let Some(name) = name else {
+        let Some(name) = name() else {
             return;
         };
         for &length in &index.start_lengths {
@@ -274,16 +274,26 @@ impl PolicySet {
                     }
                 }
             };
-            let name = facts.resource.get("name").map(compile::ascii_lowercase);
-            let name = name.as_deref();
-            bucket.rest.visit(name, &mut visit);
+            // Lowered on first use: only a list indexed by name needs it.
+            let lowered = std::cell::OnceCell::new();
+            let name = || {
+                lowered
+                    .get_or_init(|| {
+                        facts
+                            .resource
+                            .get(compile::NAME_ATTRIBUTE)
+                            .map(compile::ascii_lowercase)
+                    })
+                    .as_deref()
+            };
+            bucket.rest.visit(&name, &mut visit);
             for group in &facts.principal.groups {
                 if let Some(candidates) = bucket.by_group.get(group.as_str()) {
-                    candidates.visit(name, &mut visit);
+                    candidates.visit(&name, &mut visit);
                 }
             }
             if let Some(candidates) = bucket.by_subject.get(facts.principal.sub.as_str()) {
-                candidates.visit(name, &mut visit);
+                candidates.visit(&name, &mut visit);
             }
         }
         shadow.sort_unstable();
