@@ -67,6 +67,8 @@ fn readiness(gate: &Gate) -> Response<ResponseBody> {
         ("draining", false)
     } else if !authenticator.has_keys() {
         ("no_provider_keys", false)
+    } else if gate.auditor.rejects_on_failure() && !gate.auditor.is_healthy() {
+        ("audit_unavailable", false)
     } else {
         ("ready", true)
     };
@@ -80,6 +82,7 @@ fn readiness(gate: &Gate) -> Response<ResponseBody> {
         "config": snapshot.config_path.display().to_string(),
         "upstreams": snapshot.router_names(),
         "providers": providers,
+        "audit": if gate.auditor.is_healthy() { "writing" } else { "failing" },
     });
     let code = if ready {
         StatusCode::OK

@@ -28,6 +28,13 @@ pub enum GateError {
     /// whose scheme is not http(s).
     #[error("{0}")]
     MalformedRequest(&'static str),
+    /// A header that asks the upstream to run another method or path than the request line's
+    /// (`X-HTTP-Method-Override`, `X-Original-URL`…), which is the one the gate classified.
+    #[error("the `{0}` header asks for another method or path than the request's own; the gate does not forward such requests")]
+    ReinterpretingHeader(&'static str),
+    /// `TRACE` (which would echo the workload token back to the caller) and `CONNECT`.
+    #[error("the method {0} is not forwarded")]
+    MethodNotAllowed(&'static str),
     /// The `Host` names another host than the TLS server name the connection was made for.
     #[error(
         "the Host header names another host than the TLS server name (SNI) of this connection"
@@ -55,7 +62,10 @@ impl GateError {
             GateError::Route(RouteError::NoMatch) => StatusCode::NOT_FOUND,
             GateError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GateError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            GateError::AmbiguousPath(_) | GateError::MalformedRequest(_) => StatusCode::BAD_REQUEST,
+            GateError::AmbiguousPath(_)
+            | GateError::MalformedRequest(_)
+            | GateError::ReinterpretingHeader(_) => StatusCode::BAD_REQUEST,
+            GateError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             GateError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             GateError::Denied { .. } => StatusCode::FORBIDDEN,
             GateError::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -85,6 +95,8 @@ impl GateError {
             | GateError::Forward(ForwardError::BodyTooLarge { .. }) => "PayloadTooLarge",
             GateError::AmbiguousPath(_) => "AmbiguousPath",
             GateError::MalformedRequest(_) => "MalformedRequest",
+            GateError::ReinterpretingHeader(_) => "HeaderNotAllowed",
+            GateError::MethodNotAllowed(_) => "MethodNotAllowed",
             GateError::Misdirected => "MisdirectedRequest",
             GateError::Denied { .. } => "PolicyDenied",
             GateError::AuditUnavailable => "AuditUnavailable",
@@ -118,6 +130,8 @@ impl GateError {
             | GateError::BodyTooLarge { .. }
             | GateError::AmbiguousPath(_)
             | GateError::MalformedRequest(_)
+            | GateError::ReinterpretingHeader(_)
+            | GateError::MethodNotAllowed(_)
             | GateError::Misdirected => "rejected",
         }
     }
@@ -156,6 +170,13 @@ impl GateError {
                 headers.insert(
                     header::RETRY_AFTER,
                     HeaderValue::from_static(RETRY_AFTER_SECONDS),
+                );
+            }
+            GateError::MethodNotAllowed(_) => {
+                // RFC 9110 §15.5.6: a 405 names the methods the target does support.
+                headers.insert(
+                    header::ALLOW,
+                    HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
                 );
             }
             GateError::Identity(IdentityError::Unavailable { retry_after, .. }) => {

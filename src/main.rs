@@ -155,7 +155,11 @@ fn run_async(task: impl std::future::Future<Output = anyhow::Result<()>>) -> Exi
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(task) {
+    let result = runtime.block_on(task);
+    // An audit write stuck in a blocking thread (a pipe nobody drains) must not keep the
+    // process from exiting: the events it held are reported lost by then.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");

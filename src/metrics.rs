@@ -16,6 +16,8 @@ const LATENCY_BUCKETS: &[f64] = &[
 pub struct Metrics {
     registry: Registry,
     pub requests: IntCounterVec,
+    /// Request headers not forwarded because the upstream's allow-list leaves them out.
+    pub request_headers_dropped: IntCounterVec,
     pub request_duration: HistogramVec,
     pub upstream_duration: HistogramVec,
     pub inflight: IntGauge,
@@ -151,6 +153,13 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["upstream"],
         )?;
+        let request_headers_dropped = IntCounterVec::new(
+            Opts::new(
+                "request_headers_dropped_total",
+                "Request headers not forwarded because the upstream's allow-list leaves them out, by upstream.",
+            ),
+            &["upstream"],
+        )?;
         let inflight = IntGauge::new("inflight_requests", "Requests being handled right now.")?;
         let config_reloads = IntCounterVec::new(
             Opts::new("config_reloads_total", "Configuration reloads, by outcome."),
@@ -227,6 +236,7 @@ impl Metrics {
         }
 
         registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(request_headers_dropped.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_duration.clone()))?;
         registry.register(Box::new(inflight.clone()))?;
@@ -245,6 +255,7 @@ impl Metrics {
         Ok(Self {
             registry,
             requests,
+            request_headers_dropped,
             request_duration,
             upstream_duration,
             inflight,

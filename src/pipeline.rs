@@ -108,16 +108,16 @@ impl Record {
         }
     }
 
-    /// The audit event of the finished request.
+    /// The audit event of the finished request (the record's facts move into it).
     fn event(
-        self,
+        &mut self,
         id: RequestId,
         error: Option<AuditError>,
         outcome: &'static str,
         duration: Duration,
         claim_names: &[String],
     ) -> Event {
-        let principal = self.principal.map(|principal| EventPrincipal {
+        let principal = self.principal.take().map(|principal| EventPrincipal {
             claims: claim_names
                 .iter()
                 .filter_map(|name| {
@@ -129,14 +129,19 @@ impl Record {
         });
         Event {
             time: Timestamp::now(),
-            id,
+            // Always the gate's own: a caller's id need not be unique, and the log's ids must be.
+            // The caller's stays in `request.client_request_id`.
+            id: match id.callers() {
+                Some(_) => RequestId::from_uuid(crate::common::request_uuid()),
+                None => id,
+            },
             event: None,
             principal,
-            request: Some(self.request),
-            upstream_name: self.upstream.map(|upstream| upstream.name.clone()),
+            request: Some(std::mem::take(&mut self.request)),
+            upstream_name: self.upstream.as_ref().map(|upstream| upstream.name.clone()),
             action: (self.action != "none").then_some(self.action),
-            resource: self.resource,
-            decision: self.audit_decision,
+            resource: self.resource.take(),
+            decision: self.audit_decision.take(),
             upstream: self.upstream_status.map(|status| AuditUpstream {
                 status,
                 duration_ms: milliseconds(self.upstream_duration.unwrap_or_default()),
@@ -176,7 +181,14 @@ pub async fn handle(
     let _inflight = Inflight::enter(&gate.metrics);
     let snapshot = gate.snapshot();
     let request_id = RequestId::of(request.headers());
-    let mut record = Record::new(&request, &connection, &request_id);
+    let mut audit = Unfinished {
+        gate: &gate,
+        snapshot: &snapshot,
+        id: &request_id,
+        started,
+        record: Record::new(&request, &connection, &request_id),
+        done: false,
+    };
 
     // Every log line of this request carries its id.
     let span = tracing::info_span!("request", id = %request_id);
@@ -186,7 +198,7 @@ pub async fn handle(
         &connection,
         &request_id,
         request,
-        &mut record,
+        &mut audit.record,
     )
     .instrument(span)
     .await
@@ -204,6 +216,7 @@ pub async fn handle(
         }
     };
 
+    let record = &mut audit.record;
     let labels = (
         record.upstream.clone(),
         record.action,
@@ -219,14 +232,14 @@ pub async fn handle(
         duration,
         snapshot.policies.claim_names(),
     );
+    // From here the event is queued before anything can be dropped: it is written whatever
+    // the caller does.
+    audit.done = true;
     if !gate.auditor.record(&event).await && gate.auditor.rejects_on_failure() && forwarded {
-        // The sink broke while this request was upstream (the health check before forwarding
+        // The sink broke while this request was upstream (the check before forwarding
         // passed). The caller does not get an unaudited answer, and the event goes to the error
         // log so the record of what reached Synapse survives; it holds no token or query string.
-        tracing::error!(
-            event = %serde_json::to_string(&event).unwrap_or_default(),
-            "a forwarded request could not be audited; its event is logged here instead"
-        );
+        log_unaudited(&event);
         response = GateError::AuditUnavailable.into_response(request_id.as_str());
     }
     response
@@ -234,6 +247,63 @@ pub async fn handle(
         .insert(X_REQUEST_ID.clone(), request_id.header_value());
     observe(&gate.metrics, &labels, response.status(), duration);
     response
+}
+
+/// A request's audit record until its event is queued. When the caller goes away (an HTTP/2
+/// `RST_STREAM`, a closed socket) hyper drops the request's future wherever it is waiting; a
+/// request that was already forwarded may have changed something in Synapse, so dropping this
+/// writes its event then, with the outcome `client_aborted` and the upstream's status if it
+/// came, and counts it with the status 499 (nginx's "client closed request").
+struct Unfinished<'a> {
+    gate: &'a Gate,
+    snapshot: &'a Snapshot,
+    id: &'a RequestId,
+    started: Instant,
+    record: Record,
+    done: bool,
+}
+
+/// The status counted for a request whose caller went away before its response.
+const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if self.done || !self.record.forwarded {
+            return;
+        }
+        let labels = (
+            self.record.upstream.clone(),
+            self.record.action,
+            self.record.decision,
+            self.record.upstream_duration,
+        );
+        let duration = self.started.elapsed();
+        let event = self.record.event(
+            self.id.clone(),
+            None,
+            "client_aborted",
+            duration,
+            self.snapshot.policies.claim_names(),
+        );
+        tracing::info!(
+            request_id = self.id.as_str(),
+            "the caller went away after its request was forwarded"
+        );
+        if !self.gate.auditor.record_detached(&event) {
+            log_unaudited(&event);
+        }
+        if let Ok(status) = http::StatusCode::from_u16(CLIENT_CLOSED_REQUEST) {
+            observe(&self.gate.metrics, &labels, status, duration);
+        }
+    }
+}
+
+/// The last resort for the event of a forwarded request no sink took: the error log.
+fn log_unaudited(event: &Event) {
+    tracing::error!(
+        event = %serde_json::to_string(event).unwrap_or_default(),
+        "a forwarded request could not be audited; its event is logged here instead"
+    );
 }
 
 async fn process(
@@ -246,7 +316,11 @@ async fn process(
 ) -> Result<Response<ResponseBody>, GateError> {
     let listen = &snapshot.listen;
     check_limits(&request, listen)?;
+    check_method(request.method())?;
     check_target(&request, connection)?;
+    if let Some(name) = crate::forward::headers::reinterpreting_header(request.headers()) {
+        return Err(GateError::ReinterpretingHeader(name));
+    }
     synapse::check_path(request.uri().path())?;
 
     // The audit record already holds a copy of the host.
@@ -315,8 +389,8 @@ async fn process(
         ),
     };
 
-    // Nothing is forwarded that could not be audited.
-    if !gate.auditor.accepts_requests() {
+    // Nothing is forwarded unless the audit sinks are known to be writing now.
+    if !gate.auditor.confirm_writable().await {
         return Err(GateError::AuditUnavailable);
     }
 
@@ -425,6 +499,18 @@ fn check_limits<B>(request: &Request<B>, listen: &ListenSettings) -> Result<(), 
         return Err(GateError::BodyTooLarge {
             limit: listen.max_body_bytes,
         });
+    }
+    Ok(())
+}
+
+/// Refuses `TRACE`, which would echo the request as the upstream received it (with the
+/// workload token) back to the caller, and `CONNECT`, a tunnel the gate cannot inspect.
+fn check_method(method: &http::Method) -> Result<(), GateError> {
+    if method == http::Method::TRACE {
+        return Err(GateError::MethodNotAllowed("TRACE"));
+    }
+    if method == http::Method::CONNECT {
+        return Err(GateError::MethodNotAllowed("CONNECT"));
     }
     Ok(())
 }

@@ -168,7 +168,10 @@ impl Snapshot {
                 .path_prefix
                 .as_ref()
                 .map(|p| p.value.clone());
-            match Forwarder::new(upstream, ca_file.as_deref()) {
+            let dropped_headers = metrics
+                .request_headers_dropped
+                .with_label_values(&[&upstream.name.value]);
+            match Forwarder::new(upstream, ca_file.as_deref(), dropped_headers) {
                 Ok(forwarder) => routes.push((
                     host,
                     prefix,

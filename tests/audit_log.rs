@@ -156,7 +156,16 @@ async fn every_request_gets_one_chained_event_and_tampering_is_located() {
     let events: Vec<Value> = files.iter().flat_map(|f| lines(f)).collect();
     let requests: Vec<&Value> = events.iter().filter(|e| e.get("event").is_none()).collect();
     assert_eq!(requests.len(), total, "exactly one event per request");
-    assert_eq!(events.len(), total + 2, "plus gate.start and gate.stop");
+    // The writer's proofs that the sink writes, where no other event was there to prove it.
+    let checks = events
+        .iter()
+        .filter(|e| e["event"] == "audit.check")
+        .count();
+    assert_eq!(
+        events.len(),
+        total + 2 + checks,
+        "plus gate.start and gate.stop"
+    );
     for event in &requests {
         let id = event["id"].as_str().unwrap();
         assert_eq!(event["outcome"], expected[id], "{event}");
@@ -201,7 +210,7 @@ async fn every_request_gets_one_chained_event_and_tampering_is_located() {
     let (code, out, err) = verify(&names);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
-        out.starts_with(&format!("ok: {} line(s)", total + 2)),
+        out.starts_with(&format!("ok: {} line(s)", events.len())),
         "{out}"
     );
 
@@ -457,6 +466,16 @@ async fn counters_move_by_exactly_the_scripted_amounts() {
     );
     let after = gate.metrics().await;
     let moved = |series: &str| metric(&after, series) - metric(&before, series);
+    // Before each forwarded request the writer proves the sink writable; with nothing else to
+    // write (these requests come one at a time) that is an `audit.check` record of its own.
+    let checks = lines(&dir.path().join("a.jsonl"))
+        .iter()
+        .filter(|line| line["event"] == "audit.check")
+        .count() as f64;
+    assert!(
+        (1.0..=3.0).contains(&checks),
+        "{checks} audit.check records"
+    );
     let expectations = [
         ("synapse_gate_requests_total{action=\"pipelines.read\",code=\"200\",decision=\"allow\",upstream=\"up\"}", 3.0),
         ("synapse_gate_requests_total{action=\"pipelines.delete\",code=\"403\",decision=\"deny\",upstream=\"up\"}", 2.0),
@@ -466,7 +485,7 @@ async fn counters_move_by_exactly_the_scripted_amounts() {
         ("synapse_gate_policy_decisions_total{effect=\"allow\",mode=\"enforce\",rule=\"analysts-read\"}", 3.0),
         ("synapse_gate_policy_decisions_total{effect=\"deny\",mode=\"enforce\",rule=\"no-deletes\"}", 2.0),
         ("synapse_gate_policy_decisions_total{effect=\"deny\",mode=\"shadow\",rule=\"interns-watch\"}", 5.0),
-        ("synapse_gate_audit_events_total{outcome=\"written\",sink=\"file\"}", 7.0),
+        ("synapse_gate_audit_events_total{outcome=\"written\",sink=\"file\"}", 7.0 + checks),
         ("synapse_gate_request_duration_seconds_count{upstream=\"up\"}", 7.0),
         ("synapse_gate_upstream_duration_seconds_count{upstream=\"up\"}", 3.0),
     ];

@@ -1239,3 +1239,272 @@ async fn policy_files_for_this_suite_are_valid() {
     let set = synapse_gate::policy::load(dir.path(), true, &context).unwrap();
     assert_eq!(set.len(), 3);
 }
+
+// --- request headers (issue #25) --------------------------------------------------------------
+
+/// Headers that make a server run another method or path than the request line — in any case
+/// and in their underscore spellings — are refused with 400 naming the header, on an allowed
+/// request, for both kinds of upstream: the gate classified the request line, so a request
+/// that asks to be read otherwise is not forwarded.
+#[tokio::test]
+async fn method_and_url_override_headers_are_refused_with_400_and_nothing_is_forwarded() {
+    for kind in ["synapse-dev", "http"] {
+        let env = Env::start(kind, "", &[]).await;
+        let cases = [
+            ("X-Original-URL: /pipelines/x", "x-original-url"),
+            ("x_original_url: /pipelines/x", "x-original-url"),
+            ("X-Original-URI: /pipelines/x", "x-original-uri"),
+            ("X-Rewrite-URL: /pipelines/x", "x-rewrite-url"),
+            ("X_Rewrite_Url: /pipelines/x", "x-rewrite-url"),
+            ("X-HTTP-Method-Override: DELETE", "x-http-method-override"),
+            ("x_http_method_override: DELETE", "x-http-method-override"),
+            ("X-HTTP-Method: DELETE", "x-http-method"),
+            ("X-Method-Override: DELETE", "x-method-override"),
+            ("X_Method_Override: DELETE", "x-method-override"),
+            ("X-Original-Method: DELETE", "x-original-method"),
+            ("x_original_method: DELETE", "x-original-method"),
+        ];
+        for (header, canonical) in cases {
+            let answer = raw(
+                env.address(),
+                &env.request(
+                    "GET",
+                    "/pipelines?api-version=2020-12-01",
+                    &format!("{header}\r\nConnection: close\r\n"),
+                    "",
+                ),
+            )
+            .await;
+            assert_eq!(answer.status, Some(400), "{kind} {header}: {}", answer.text);
+            let error = answer.body_json();
+            assert_eq!(error["error"]["code"], "HeaderNotAllowed", "{error}");
+            let message = error["error"]["message"].as_str().unwrap();
+            assert!(message.contains(&format!("`{canonical}`")), "{message}");
+        }
+        assert_eq!(
+            env.upstream.count(),
+            0,
+            "{kind}: an override header was forwarded"
+        );
+        // Without one, the same request goes through.
+        let answer = raw(
+            env.address(),
+            &env.request(
+                "GET",
+                "/pipelines?api-version=2020-12-01",
+                "Connection: close\r\n",
+                "",
+            ),
+        )
+        .await;
+        assert_eq!(answer.status, Some(200), "{}", answer.text);
+    }
+}
+
+/// The headers an attacker would use to claim an identity or carry a credential of their own
+/// never reach the upstream, for both kinds; a Synapse upstream gets only the headers of its
+/// allow-list (plus the ones the gate sets), and the rest are counted.
+#[tokio::test]
+async fn identity_claims_and_credentials_never_reach_the_upstream_and_synapse_gets_its_allow_list()
+{
+    let claims = [
+        "X-Groups: Domain Admins",
+        "X-Caller-Identity: admin",
+        "X-User-Id: 0",
+        "X-UserId: 0",
+        "X-Admin-User: root",
+        "X_Admin_User: root",
+        "X-Impersonate-User: root",
+        "X-Roles: admin",
+        "X-Workspace-Principal: admin",
+        "X-Ms-Authorization-Auxiliary: Bearer stolen",
+        "Ocp-Apim-Subscription-Key: stolen",
+        "X-Api-Key: stolen",
+    ];
+    let allowed = [
+        "Accept: application/json",
+        "Content-Type: application/json",
+        "If-Match: \"etag-1\"",
+        "If-None-Match: \"etag-2\"",
+        "User-Agent: azsdk-python-synapse-artifacts/0.22.0",
+        "x-ms-client-request-id: 4f3c6f1e-0000-4000-8000-000000000001",
+        "x-ms-return-client-request-id: true",
+        "tracestate: vendor=1",
+    ];
+    let other = ["X-Custom-Flag: 1", "Cache-Control: no-cache", "X-Debug: on"];
+    for kind in ["synapse-dev", "http"] {
+        let env = Env::start(kind, "", &[]).await;
+        let extra: String = claims
+            .iter()
+            .chain(&allowed)
+            .chain(&other)
+            .map(|h| format!("{h}\r\n"))
+            .collect();
+        let answer = raw(
+            env.address(),
+            &env.request(
+                "PUT",
+                "/pipelines/p1?api-version=2020-12-01",
+                &format!("{extra}Content-Length: 2\r\nConnection: close\r\n"),
+                "{}",
+            ),
+        )
+        .await;
+        assert_eq!(answer.status, Some(200), "{kind}: {}", answer.text);
+        let seen = env.upstream.requests();
+        assert_eq!(seen.len(), 1);
+        let headers = &seen[0].headers;
+        for claim in claims {
+            let name = claim.split_once(':').unwrap().0.to_ascii_lowercase();
+            assert!(
+                !headers.contains_key(name.as_str()),
+                "{kind}: {name} reached the upstream: {headers:?}"
+            );
+        }
+        for header in headers.values() {
+            let value = String::from_utf8_lossy(header.as_bytes());
+            assert!(
+                !value.contains("stolen") && !value.contains("Admins") && !value.contains("root"),
+                "{kind}: {value}"
+            );
+        }
+        for header in allowed {
+            let (name, value) = header.split_once(": ").unwrap();
+            let name = name.to_ascii_lowercase();
+            assert_eq!(
+                headers.get(name.as_str()).map(|v| v.to_str().unwrap()),
+                Some(value),
+                "{kind}: {name}"
+            );
+        }
+        let metrics = env.gate.metrics().await;
+        let dropped = metric_sample(
+            &metrics,
+            "synapse_gate_request_headers_dropped_total",
+            &[("upstream", "up")],
+        );
+        if kind == "synapse-dev" {
+            // Only the allow-list (and what the gate sets) went: not even harmless extras.
+            for header in other {
+                let name = header.split_once(':').unwrap().0.to_ascii_lowercase();
+                assert!(!headers.contains_key(name.as_str()), "{name}");
+            }
+            let mut names: Vec<&str> = headers.keys().map(|n| n.as_str()).collect();
+            names.sort_unstable();
+            // `host` is the upstream's own, set by the gate's client from the upstream URL.
+            let mut expected = vec![
+                "accept",
+                "content-length",
+                "content-type",
+                "host",
+                "if-match",
+                "if-none-match",
+                "traceparent",
+                "tracestate",
+                "user-agent",
+                "x-forwarded-for",
+                "x-forwarded-host",
+                "x-forwarded-proto",
+                "x-ms-client-request-id",
+                "x-ms-return-client-request-id",
+            ];
+            if headers.contains_key("authorization") {
+                expected.push("authorization");
+            }
+            expected.sort_unstable();
+            assert_eq!(names, expected);
+            // Three credentials and three extras; the identity claims were removed before.
+            assert_eq!(dropped, Some(6.0), "{metrics}");
+        } else {
+            // An `http` upstream without a list gets the rest.
+            for header in other {
+                let name = header.split_once(':').unwrap().0.to_ascii_lowercase();
+                assert!(headers.contains_key(name.as_str()), "{name}");
+            }
+            assert_eq!(dropped, Some(3.0), "{metrics}");
+        }
+    }
+}
+
+/// An `http` upstream with `request_headers` gets those only; listing a credential header is a
+/// configuration error that names it.
+#[tokio::test]
+async fn an_http_upstream_with_request_headers_gets_only_those() {
+    let issuer = TestIssuer::start().await;
+    let upstream = FakeUpstream::echo(Wire::Plain, None).await;
+    let yaml = gated_config(&issuer, &upstream.url, "http", "{}").replace(
+        "    match: {}\n",
+        "    match: {}\n    request_headers: [Content-Type, x-tenant]\n",
+    );
+    let gate = TestGate::start(&yaml).await;
+    wait_ready(&gate).await;
+    let client = Client::plain().with_token(issuer.token(serde_json::json!({})));
+    let reply = client
+        .send(
+            Request::post(gate.url("/things"))
+                .header("content-type", "application/json")
+                .header("x-tenant", "t1")
+                .header("x-debug", "on")
+                .header("accept", "application/json")
+                .body(full("{}"))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let seen = &upstream.requests()[0].headers;
+    assert_eq!(seen["x-tenant"], "t1");
+    assert_eq!(seen["content-type"], "application/json");
+    assert!(
+        !seen.contains_key("x-debug") && !seen.contains_key("accept"),
+        "{seen:?}"
+    );
+    gate.running.stop().await;
+
+    let bad = gated_config(&issuer, &upstream.url, "http", "{}").replace(
+        "    match: {}\n",
+        "    match: {}\n    request_headers: [x-ms-authorization-auxiliary]\n",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gate.yaml");
+    std::fs::write(&path, bad).unwrap();
+    let error = synapse_gate::server::Running::start(&path, false)
+        .await
+        .err()
+        .expect("a credential header in request_headers must be refused")
+        .to_string();
+    assert!(
+        error.contains("x-ms-authorization-auxiliary") && error.contains("credential"),
+        "{error}"
+    );
+}
+
+/// `TRACE` would echo the request as the upstream saw it, workload token included, back to the
+/// caller; `CONNECT` would open a tunnel the gate cannot inspect. Both are 405 before routing.
+#[tokio::test]
+async fn trace_and_connect_are_405_before_routing_and_nothing_is_forwarded() {
+    let env = Env::start("http", "", &[]).await;
+    for (method, target) in [
+        ("TRACE", "/pipelines".to_owned()),
+        ("CONNECT", env.address().to_string()),
+    ] {
+        let answer = raw(
+            env.address(),
+            &env.request(method, &target, "Connection: close\r\n", ""),
+        )
+        .await;
+        assert_eq!(answer.status, Some(405), "{method}: {}", answer.text);
+        let lower = answer.text.to_ascii_lowercase();
+        assert!(
+            lower.contains("\r\nallow: get, head, post"),
+            "{}",
+            answer.text
+        );
+        let error = answer.body_json();
+        assert_eq!(error["error"]["code"], "MethodNotAllowed", "{error}");
+        assert!(
+            error["error"]["message"].as_str().unwrap().contains(method),
+            "{error}"
+        );
+    }
+    assert_eq!(env.upstream.count(), 0);
+}

@@ -1,22 +1,29 @@
 //! Observe: one audit event per request, chained by hash, written by one writer task to every
-//! sink. With `on_failure: reject` (the default) an allowed request waits for its event to be
-//! written, and when a sink fails the gate refuses requests (503) before forwarding until
-//! writing works again; with `continue` events are queued and dropped (counted) when they
-//! cannot be written.
+//! sink. With `on_failure: reject` (the default) no request is forwarded unless the sinks are
+//! known to be writing now, and an allowed request waits for its event to be written; with
+//! `continue` events are queued and dropped (counted) when they cannot be written.
 //!
-//! The writer is a task on the request runtime, not a thread of its own: handing every event to
-//! another thread and waking the request back cost two context switches per request (about a
-//! tenth of the gate's throughput on one core). File sinks are appended to with a plain
-//! `write(2)` from the task, as nginx writes its access log from its event loop: an append to the
-//! page cache does not wait for the disk. Standard output, which may be a pipe nobody drains, is
-//! written through Tokio's blocking pool so a stalled reader never stalls the runtime.
+//! "Writing now" is evidence from the request's own path ([`Auditor::confirm_writable`]): once a
+//! request is allowed, it waits for a write to every sink that started after it asked. Under
+//! load that write is other requests' events, which are written anyway, so the proof costs a
+//! wait and no extra line; on an idle gate, with nothing else to write, it is an `audit.check`
+//! record. Awaiting a "forwarding" record of every request instead would have doubled the
+//! audit stage's lines and work under load. `proof_max_age` lets an operator accept a recent
+//! write as the proof instead (fewer `audit.check` lines, a bounded window after a failure).
+//!
+//! The writer is a task that gathers everything queued into one batch and hands it to Tokio's
+//! blocking pool, so a sink that blocks (a stdout pipe nobody drains, a hung file system) never
+//! blocks a runtime worker: requests waiting for it give up after `write_timeout` with 503, and
+//! a write in progress for longer marks the sinks stalled until it returns. Handing over once
+//! per batch rather than once per event keeps the cost of the hand-over off each request.
 
 pub mod chain;
 mod event;
 mod sink;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use prometheus::{IntCounterVec, IntGauge};
 use tokio::sync::{mpsc, oneshot};
@@ -26,7 +33,7 @@ pub use event::{
     EventPrincipal, Timestamp,
 };
 
-use crate::config::{AuditConfig, LoadedConfig, OnFailure, SinkConfig};
+use crate::config::{LoadedConfig, OnFailure, SinkConfig};
 use crate::forward::headers::RequestId;
 use sink::Sink;
 
@@ -37,16 +44,82 @@ pub struct AuditMetrics {
     pub queue_depth: IntGauge,
 }
 
-struct Job {
-    json: String,
-    done: Option<oneshot::Sender<bool>>,
+/// What the writer is asked to do.
+enum Job {
+    /// Write this event; `done` (with `reject`) hears whether every sink wrote it.
+    Event {
+        json: String,
+        done: Option<oneshot::Sender<bool>>,
+    },
+    /// Prove every sink writable with a write that starts after this job was queued.
+    Check { done: oneshot::Sender<bool> },
 }
 
-/// The audit writer's front: cheap to clone, shared by every request.
+/// What the requests know of the writer, shared with it.
+struct Health {
+    /// Where the clocks below count from.
+    epoch: Instant,
+    /// When a batch that every sink wrote last completed, in microseconds since `epoch` (0: none
+    /// since the last failure).
+    proven_at: AtomicU64,
+    /// When the write in progress started, in microseconds since `epoch` plus one (0: none).
+    writing_since: AtomicU64,
+    /// The last write failed on some sink.
+    failing: AtomicBool,
+}
+
+impl Health {
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            proven_at: AtomicU64::new(0),
+            writing_since: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
+        }
+    }
+
+    fn micros(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_micros()).unwrap_or(u64::MAX)
+    }
+
+    fn age(&self, micros: u64, now: Instant) -> Duration {
+        Duration::from_micros(self.micros(now).saturating_sub(micros))
+    }
+
+    /// Whether a write has been in progress for longer than `limit`.
+    fn stalled(&self, limit: Duration, now: Instant) -> bool {
+        match self.writing_since.load(Ordering::Acquire) {
+            0 => false,
+            since => self.age(since - 1, now) > limit,
+        }
+    }
+
+    fn writing(&self, started: Instant) {
+        self.writing_since
+            .store(self.micros(started) + 1, Ordering::Release);
+    }
+
+    fn written(&self, all_written: bool, now: Instant) {
+        self.failing.store(!all_written, Ordering::Release);
+        self.proven_at.store(
+            if all_written {
+                self.micros(now).max(1)
+            } else {
+                0
+            },
+            Ordering::Release,
+        );
+        self.writing_since.store(0, Ordering::Release);
+    }
+}
+
+/// The audit writer's front, shared by every request.
 pub struct Auditor {
     sender: std::sync::Mutex<Option<mpsc::Sender<Job>>>,
-    healthy: Arc<AtomicBool>,
+    health: Arc<Health>,
     reject: bool,
+    proof_max_age: Duration,
+    write_timeout: Duration,
     metrics: AuditMetrics,
     writer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -72,26 +145,57 @@ impl Auditor {
             }
         }
         let (sender, receiver) = mpsc::channel::<Job>(config.queue_size.max(1));
-        let healthy = Arc::new(AtomicBool::new(true));
+        let health = Arc::new(Health::new());
         let writer = tokio::spawn(write_events(
             receiver,
             sinks,
-            healthy.clone(),
+            health.clone(),
             metrics.clone(),
         ));
         Self {
             sender: std::sync::Mutex::new(Some(sender)),
-            healthy,
+            health,
             reject: config.on_failure == OnFailure::Reject,
+            proof_max_age: config.proof_max_age.0,
+            write_timeout: config.write_timeout.0,
             metrics,
             writer: std::sync::Mutex::new(Some(writer)),
         }
     }
 
-    /// Whether a request may be forwarded now: always with `continue`; with `reject`, only while
-    /// the last write to every sink worked.
-    pub fn accepts_requests(&self) -> bool {
-        !self.reject || self.healthy.load(Ordering::SeqCst)
+    /// Whether the sinks work as far as is known without asking them: the last write did not
+    /// fail and none has been stuck for longer than `write_timeout`. `/readyz` reports it.
+    pub fn is_healthy(&self) -> bool {
+        !self.health.failing.load(Ordering::Acquire)
+            && !self.health.stalled(self.write_timeout, Instant::now())
+    }
+
+    /// Whether a request may be forwarded now: always with `continue`; with `reject`, when
+    /// every sink wrote within `proof_max_age`, or else once the writer has proved them
+    /// writable again (bounded by `write_timeout`).
+    pub async fn confirm_writable(&self) -> bool {
+        if !self.reject {
+            return true;
+        }
+        let now = Instant::now();
+        if !self.is_healthy() {
+            return false;
+        }
+        let proven_at = self.health.proven_at.load(Ordering::Acquire);
+        if !self.proof_max_age.is_zero()
+            && proven_at != 0
+            && self.health.age(proven_at, now) <= self.proof_max_age
+        {
+            return true;
+        }
+        let (done, proven) = oneshot::channel();
+        if !self.enqueue(Job::Check { done }) {
+            return false;
+        }
+        matches!(
+            tokio::time::timeout(self.write_timeout, proven).await,
+            Ok(Ok(true))
+        )
     }
 
     /// Whether unauditable requests are refused.
@@ -99,96 +203,131 @@ impl Auditor {
         self.reject
     }
 
-    /// Records an event. With `reject`, waits until it is written and says whether it was; with
-    /// `continue`, queues it (counting a drop when the queue is full) and returns `true`.
+    /// Records an event. With `reject`, waits (at most `write_timeout`) until it is written and
+    /// says whether it was; with `continue`, queues it (counting a drop when the queue is full)
+    /// and returns `true`. Once queued, the event is written even if the caller of this
+    /// function goes away.
     pub async fn record(&self, event: &Event) -> bool {
-        // One allocation of about the usual event's size, rather than growing from empty.
-        let mut json = Vec::with_capacity(1024);
-        let json = match serde_json::to_writer(&mut json, event) {
-            // serde_json writes UTF-8 only.
-            Ok(()) => String::from_utf8(json).unwrap_or_default(),
-            Err(error) => {
-                tracing::error!(%error, "cannot serialise an audit event");
-                return !self.reject;
-            }
+        let Some(json) = serialise(event) else {
+            return !self.reject;
         };
-        let (done, written) = if self.reject {
-            let (done, written) = oneshot::channel();
-            (Some(done), Some(written))
-        } else {
-            (None, None)
-        };
-        let job = Job { json, done };
-        // Queued under the lock, without a clone of the sender: only a full queue makes a
-        // request wait for room (through a clone, so the lock is not held across the wait).
-        let queued = {
-            let sender = self.sender.lock().unwrap_or_else(|p| p.into_inner());
-            let Some(sender) = sender.as_ref() else {
-                return !self.reject;
-            };
-            let queued = sender.try_send(job);
-            self.metrics
-                .queue_depth
-                .set((sender.max_capacity() - sender.capacity()) as i64);
-            queued
-        };
-        let Some(written) = written else {
-            if queued.is_err() {
-                self.metrics
-                    .events
-                    .with_label_values(&["queue", "dropped"])
-                    .inc();
-            }
+        if !self.reject {
+            self.enqueue(Job::Event { json, done: None });
             return true;
-        };
-        match queued {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(job)) => {
-                let Some(sender) = self.sender() else {
-                    return false;
-                };
-                if sender.send(job).await.is_err() {
-                    return false;
-                }
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => return false,
         }
-        written.await.unwrap_or(false)
+        let (done, written) = oneshot::channel();
+        if !self.enqueue(Job::Event {
+            json,
+            done: Some(done),
+        }) {
+            return false;
+        }
+        matches!(
+            tokio::time::timeout(self.write_timeout, written).await,
+            Ok(Ok(true))
+        )
     }
 
-    fn sender(&self) -> Option<mpsc::Sender<Job>> {
-        self.sender
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    /// Queues an event without waiting for it to be written: for a request whose caller has
+    /// gone, from a `Drop`. Says whether it was queued.
+    pub fn record_detached(&self, event: &Event) -> bool {
+        serialise(event).is_some_and(|json| self.enqueue(Job::Event { json, done: None }))
     }
 
-    /// Writes the `gate.stop` record, then lets the writer drain its queue and waits for it.
+    /// Queues a job without waiting for room: a full queue means the sinks are not keeping up,
+    /// and the event is counted as dropped.
+    fn enqueue(&self, job: Job) -> bool {
+        let sender = self.sender.lock().unwrap_or_else(|p| p.into_inner());
+        let queued = match sender.as_ref() {
+            Some(sender) => {
+                let queued = sender.try_send(job).is_ok();
+                self.metrics
+                    .queue_depth
+                    .set((sender.max_capacity() - sender.capacity()) as i64);
+                queued
+            }
+            None => false,
+        };
+        if !queued {
+            self.metrics
+                .events
+                .with_label_values(&["queue", "dropped"])
+                .inc();
+        }
+        queued
+    }
+
+    /// Writes the `gate.stop` record, then lets the writer drain its queue and waits for it
+    /// (a sink stuck in a write is given `write_timeout`, then left behind).
     pub async fn close(&self) {
         let _ = self.record(&lifecycle("gate.stop")).await;
         self.sender.lock().unwrap_or_else(|p| p.into_inner()).take();
         let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(writer) = writer {
-            let _ = writer.await;
+            let _ = tokio::time::timeout(self.write_timeout, writer).await;
         }
     }
 }
 
-/// The writer: group commit, so everything queued is written with one system call per sink, and
-/// each waiting request is told whether its event was written.
+fn serialise(event: &Event) -> Option<String> {
+    // One allocation of about the usual event's size, rather than growing from empty.
+    let mut json = Vec::with_capacity(1024);
+    match serde_json::to_writer(&mut json, event) {
+        // serde_json writes UTF-8 only.
+        Ok(()) => String::from_utf8(json).ok(),
+        Err(error) => {
+            tracing::error!(%error, "cannot serialise an audit event");
+            None
+        }
+    }
+}
+
+/// The writer: group commit, so everything queued is written with one system call per sink, on
+/// the blocking pool, and each waiting request is told whether its event (or check) was written.
 async fn write_events(
     mut receiver: mpsc::Receiver<Job>,
     mut sinks: Vec<Sink>,
-    healthy: Arc<AtomicBool>,
+    health: Arc<Health>,
     metrics: AuditMetrics,
 ) {
     let mut batch: Vec<Job> = Vec::new();
     while receiver.recv_many(&mut batch, 512).await > 0 {
         metrics.queue_depth.set(receiver.len() as i64);
-        let events: Vec<&str> = batch.iter().map(|job| job.json.as_str()).collect();
+        let mut lines = Vec::with_capacity(batch.len());
+        let mut waiting = Vec::with_capacity(batch.len());
+        for job in batch.drain(..) {
+            match job {
+                Job::Event { json, done } => {
+                    lines.push(json);
+                    waiting.extend(done);
+                }
+                Job::Check { done } => waiting.push(done),
+            }
+        }
+        // Checks with no event to ride on: the proof is a record of its own.
+        if lines.is_empty() {
+            lines.extend(serialise(&lifecycle("audit.check")));
+        }
+        health.writing(Instant::now());
+        let count = lines.len() as u64;
+        let written = tokio::task::spawn_blocking(move || {
+            let outcomes: Vec<std::io::Result<()>> = sinks
+                .iter_mut()
+                .map(|sink| sink.write_batch(&lines))
+                .collect();
+            (sinks, outcomes)
+        })
+        .await;
+        let Ok((returned, outcomes)) = written else {
+            // The write panicked: the sinks are gone with it, so nothing more can be written.
+            tracing::error!("the audit writer failed; no further events can be written");
+            health.written(false, Instant::now());
+            return;
+        };
+        sinks = returned;
         let mut all_written = true;
-        for sink in &mut sinks {
-            let outcome = match sink.write_batch(&events).await {
+        for (sink, outcome) in sinks.iter().zip(outcomes) {
+            let outcome = match outcome {
                 Ok(()) => "written",
                 Err(error) => {
                     all_written = false;
@@ -199,13 +338,11 @@ async fn write_events(
             metrics
                 .events
                 .with_label_values(&[sink.label(), outcome])
-                .inc_by(events.len() as u64);
+                .inc_by(count);
         }
-        healthy.store(all_written, Ordering::SeqCst);
-        for job in batch.drain(..) {
-            if let Some(done) = job.done {
-                let _ = done.send(all_written);
-            }
+        health.written(all_written, Instant::now());
+        for done in waiting {
+            let _ = done.send(all_written);
         }
     }
 }
@@ -226,15 +363,5 @@ pub fn lifecycle(what: &'static str) -> Event {
         outcome: "recorded",
         error: None,
         duration_ms: 0.0,
-    }
-}
-
-impl Default for AuditConfig {
-    fn default() -> Self {
-        Self {
-            sinks: vec![SinkConfig::Stdout {}],
-            on_failure: OnFailure::Reject,
-            queue_size: 10_000,
-        }
     }
 }

@@ -6,8 +6,6 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 
 use std::path::{Path, PathBuf};
-use tokio::io::AsyncWriteExt;
-
 use std::time::{Duration, Instant};
 
 use super::chain::{line_hash, push_chained_line, set_line_hash, GENESIS};
@@ -65,8 +63,9 @@ impl Sink {
     }
 
     /// Writes events (their JSON without `v` and `prev`) as the next chained lines, in one
-    /// write: under load the writer commits a whole batch with a single system call.
-    pub async fn write_batch(&mut self, events: &[&str]) -> std::io::Result<()> {
+    /// write: under load the writer commits a whole batch with a single system call. It blocks
+    /// (a full pipe, a hung file system), so the writer runs it off the request runtime.
+    pub fn write_batch(&mut self, events: &[String]) -> std::io::Result<()> {
         let prev = match self {
             Sink::Stdout { prev } | Sink::File { prev, .. } => prev,
         };
@@ -80,9 +79,9 @@ impl Sink {
         }
         match self {
             Sink::Stdout { prev } => {
-                let mut out = tokio::io::stdout();
-                out.write_all(&buffer).await?;
-                out.flush().await?;
+                let mut out = std::io::stdout().lock();
+                out.write_all(&buffer)?;
+                out.flush()?;
                 *prev = chain;
                 Ok(())
             }

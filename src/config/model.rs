@@ -374,6 +374,13 @@ pub struct UpstreamConfig {
     /// JSON response bodies up to this size are inspected to rewrite `nextLink`; larger ones stream untouched.
     #[serde(default = "defaults::rewrite_body_limit")]
     pub rewrite_body_limit: usize,
+    /// Request headers forwarded besides the ones the gate sets. `synapse-dev`: added to the
+    /// built-in list of what the Synapse specs and the Azure SDKs use (every other header is
+    /// dropped). `http`: the only ones forwarded; absent, every header is. Credential-bearing
+    /// headers (`x-ms-authorization-auxiliary`, API keys) are never forwarded.
+    #[serde(default)]
+    #[schemars(with = "Option<Vec<String>>")]
+    pub request_headers: Option<Spanned<Vec<String>>>,
 }
 
 /// Kinds of upstream.
@@ -471,6 +478,12 @@ mod defaults {
     pub fn audit_queue_size() -> usize {
         10_000
     }
+    pub fn audit_proof_max_age() -> HumanDuration {
+        HumanDuration::from_secs(0)
+    }
+    pub fn audit_write_timeout() -> HumanDuration {
+        HumanDuration::from_secs(2)
+    }
     pub fn audit_max_bytes() -> u64 {
         100 * 1024 * 1024
     }
@@ -495,9 +508,33 @@ pub struct AuditConfig {
     /// serving and count dropped events.
     #[serde(default)]
     pub on_failure: OnFailure,
-    /// Events waiting for the writer at most.
+    /// Events waiting for the writer at most. With `reject`, a full queue means the sinks are
+    /// not keeping up: the request is refused (503) rather than made to wait.
     #[serde(default = "defaults::audit_queue_size")]
     pub queue_size: usize,
+    /// With `reject`: a request is forwarded only when every sink has written within this time;
+    /// otherwise the gate first proves the sinks writable (writing what is queued, or an
+    /// `audit.check` record when nothing is). The default, `0s`, proves them after each
+    /// request is allowed and before it is forwarded; a longer age saves the idle gate's
+    /// `audit.check` records at the price of forwarding within that time of a sink failing.
+    #[serde(default = "defaults::audit_proof_max_age")]
+    pub proof_max_age: HumanDuration,
+    /// How long a request waits for the audit writer, and how long one write may take before
+    /// the sink counts as stalled (503 `AuditUnavailable`, `/readyz` 503).
+    #[serde(default = "defaults::audit_write_timeout")]
+    pub write_timeout: HumanDuration,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            sinks: vec![SinkConfig::Stdout {}],
+            on_failure: OnFailure::Reject,
+            queue_size: defaults::audit_queue_size(),
+            proof_max_age: defaults::audit_proof_max_age(),
+            write_timeout: defaults::audit_write_timeout(),
+        }
+    }
 }
 
 /// One audit destination.

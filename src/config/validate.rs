@@ -224,6 +224,7 @@ fn check_upstreams(loaded: &LoadedConfig, report: &mut impl FnMut(serde_saphyr::
         }
         let host = check_host(upstream, report);
         let prefix = check_path_prefix(upstream, report);
+        check_request_headers(upstream, report);
         if let Some(first) = routes.insert((host, prefix), &upstream.name) {
             report(
                 upstream.name.referenced,
@@ -231,6 +232,30 @@ fn check_upstreams(loaded: &LoadedConfig, report: &mut impl FnMut(serde_saphyr::
                     "upstream `{}` has the same `match` as upstream `{}`: one of them could never be reached",
                     upstream.name.value, first.value
                 ),
+            );
+        }
+    }
+}
+
+/// `request_headers` names headers, none of which carries a credential (those never go
+/// upstream, and listing one suggests the author expects otherwise).
+fn check_request_headers(
+    upstream: &UpstreamConfig,
+    report: &mut impl FnMut(serde_saphyr::Location, String),
+) {
+    let Some(names) = &upstream.request_headers else {
+        return;
+    };
+    for name in &names.value {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            report(
+                names.referenced,
+                format!("`request_headers`: `{name}` is not a header name"),
+            );
+        } else if crate::forward::headers::is_credential_header(&name.to_ascii_lowercase()) {
+            report(
+                names.referenced,
+                format!("`request_headers`: `{name}` carries a credential and is never forwarded: the workload token is the upstream's only credential"),
             );
         }
     }

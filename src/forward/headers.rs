@@ -82,6 +82,159 @@ const FORWARDING_HEADER_NAMES: [&str; 7] = [
     "forwarded",
 ];
 
+/// Headers that frame the message or belong to one hop, whose underscore spellings are always
+/// removed: a CGI/WSGI server behind an `http` upstream reads `Transfer_Encoding` or
+/// `Content_Length` as the real thing, and the gate would have framed the request otherwise.
+const FRAMING_HEADER_NAMES: [&str; 6] = [
+    "content-length",
+    "transfer-encoding",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "proxy-authenticate",
+];
+
+/// Headers that make a server, or a framework in front of it, run another method or path than
+/// the request line's (IIS URL Rewrite, Symfony, Spring's `HiddenHttpMethodFilter`, Rails, Express's
+/// `method-override`…): the gate classified the request line, so a request carrying one is
+/// refused rather than stripped, which would silently run another operation than the client
+/// meant. Compared after mapping '_' to '-'.
+const REINTERPRETING_HEADER_NAMES: [&str; 7] = [
+    "x-original-url",
+    "x-original-uri",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-method",
+];
+
+/// Request headers that carry a credential of their own. The caller's credential never goes
+/// upstream (DESIGN: the workload token replaces it), so these are dropped for every upstream,
+/// whatever an allow-list says. Compared after mapping '_' to '-'.
+pub const CREDENTIAL_HEADER_NAMES: [&str; 4] = [
+    // Azure Resource Manager's tokens for other tenants.
+    "x-ms-authorization-auxiliary",
+    // API Management's, Azure Functions' and the common API key headers.
+    "ocp-apim-subscription-key",
+    "x-functions-key",
+    "x-api-key",
+];
+
+/// The request headers a Synapse workspace is sent, all others are dropped: the header
+/// parameters of the data-plane specs (`synapse::spec_tests` checks that every one is here),
+/// what HTTP and the Azure SDKs send with any request, and the forwarding headers the gate
+/// itself sets (from a trusted proxy it extends them). The gate adds `Authorization`,
+/// `x-ms-client-request-id` and `traceparent` after filtering.
+pub const SYNAPSE_REQUEST_HEADERS: [&str; 19] = [
+    // The specs' header parameters.
+    "if-match",
+    "if-none-match",
+    "x-ms-client-request-id",
+    "x-ms-continuation",
+    "x-ms-blob-condition-appendpos",
+    // Content and negotiation.
+    "accept",
+    "accept-encoding",
+    "accept-language",
+    "content-type",
+    "content-length",
+    "content-encoding",
+    // The Azure SDKs' own (azure-core's user agent and request-id policies, JS's user agent).
+    "user-agent",
+    "x-ms-useragent",
+    "x-ms-return-client-request-id",
+    // W3C trace context.
+    "traceparent",
+    "tracestate",
+    // Forwarding.
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+];
+
+/// The first header of `headers` that asks a server to re-interpret the request's method or
+/// target, by its canonical name.
+pub fn reinterpreting_header(headers: &HeaderMap) -> Option<&'static str> {
+    headers.keys().find_map(|name| {
+        let name = name.as_str().as_bytes();
+        // Every such name starts with "x-" or "x_": one byte rules out most headers.
+        if name.first() != Some(&b'x') {
+            return None;
+        }
+        REINTERPRETING_HEADER_NAMES
+            .iter()
+            .find(|canonical| same_header_name(name, canonical.as_bytes()))
+            .copied()
+    })
+}
+
+/// Whether `name` (lowercase, as `http` keeps it) is a credential-bearing header, in either
+/// spelling.
+pub fn is_credential_header(name: &str) -> bool {
+    CREDENTIAL_HEADER_NAMES
+        .iter()
+        .any(|credential| same_header_name(name.as_bytes(), credential.as_bytes()))
+}
+
+/// Removes from a request's headers everything its upstream is not sent: hop-by-hop headers,
+/// identity claims, `Host`, `Cookie` and the caller's `Authorization` (the workload token takes
+/// its place), and what the upstream's allow-list leaves out (credential-bearing headers
+/// always). Returns how many the allow-list removed.
+pub fn filter_request(headers: &mut HeaderMap, allowed: &RequestHeaders) -> usize {
+    strip_hop_by_hop(headers);
+    strip_identity_headers(headers);
+    remove_all(
+        headers,
+        &[
+            http::header::HOST,
+            http::header::COOKIE,
+            http::header::AUTHORIZATION,
+        ],
+    );
+    allowed.apply(headers)
+}
+
+/// Which request headers an upstream is sent.
+#[derive(Debug, Clone)]
+pub enum RequestHeaders {
+    /// Every header but the ones the gate always removes (hop-by-hop, identity, credentials).
+    All,
+    /// Only these (lowercase), besides the ones the gate sets.
+    Only(Box<[HeaderName]>),
+}
+
+impl RequestHeaders {
+    /// Synapse's list ([`SYNAPSE_REQUEST_HEADERS`]) plus `extra`.
+    pub fn synapse(extra: &[HeaderName]) -> Self {
+        let mut names: Vec<HeaderName> = SYNAPSE_REQUEST_HEADERS
+            .iter()
+            .map(|name| HeaderName::from_static(name))
+            .collect();
+        names.extend(extra.iter().cloned());
+        Self::Only(names.into())
+    }
+
+    /// Removes what the upstream is not sent, and says how many headers that was. Nothing is
+    /// allocated when every header may go, the usual case for a real client.
+    pub fn apply(&self, headers: &mut HeaderMap) -> usize {
+        let keep = |name: &HeaderName| match self {
+            RequestHeaders::All => !is_credential_header(name.as_str()),
+            RequestHeaders::Only(allowed) => allowed.contains(name),
+        };
+        if headers.keys().all(keep) {
+            return 0;
+        }
+        let dropped: Vec<HeaderName> = headers.keys().filter(|name| !keep(name)).cloned().collect();
+        for name in &dropped {
+            // The name only: a value may be a credential.
+            tracing::debug!(header = name.as_str(), "request header not forwarded");
+            headers.remove(name);
+        }
+        dropped.len()
+    }
+}
+
 /// Every header name starting with this (after mapping '_' to '-') belongs to the gate itself.
 const GATE_HEADER_PREFIX: &str = "x-synapse-gate-";
 
@@ -236,20 +389,49 @@ pub fn strip_identity_headers(headers: &mut HeaderMap) {
 }
 
 /// True when `name`, with '_' read as '-', is an identity header or a gate-internal header, or
-/// when it is an underscore spelling of a forwarding header.
+/// when it is an underscore spelling of a forwarding or framing header.
 fn is_identity_header(name: &HeaderName) -> bool {
     let name = name.as_str().as_bytes();
     let gate_prefix = GATE_HEADER_PREFIX.as_bytes();
     IDENTITY_HEADER_NAMES
         .iter()
         .any(|identity| same_header_name(name, identity.as_bytes()))
+        || claims_an_identity(name)
         || (name.contains(&b'_')
             && FORWARDING_HEADER_NAMES
                 .iter()
-                .any(|forwarding| same_header_name(name, forwarding.as_bytes())))
+                .chain(&FRAMING_HEADER_NAMES)
+                .any(|canonical| same_header_name(name, canonical.as_bytes())))
         || name
             .get(..gate_prefix.len())
             .is_some_and(|prefix| same_header_name(prefix, gate_prefix))
+}
+
+/// Endings of `X-…` header names that claim who the caller is (`X-User-Id`, `X-Groups`,
+/// `X-Caller-Identity`, `X-Admin-User`…): whatever the application behind the gate makes of
+/// them, only the gate's token swap says who the caller is.
+const IDENTITY_NAME_ENDINGS: [&str; 10] = [
+    "-user",
+    "-user-id",
+    "-userid",
+    "-username",
+    "-user-name",
+    "-groups",
+    "-roles",
+    "-identity",
+    "-principal",
+    "-principal-name",
+];
+
+/// Whether `name` is `x-` followed by something ending in an [`IDENTITY_NAME_ENDINGS`] entry.
+fn claims_an_identity(name: &[u8]) -> bool {
+    name.len() > 2
+        && same_header_name(&name[..2], b"x-")
+        && IDENTITY_NAME_ENDINGS.iter().any(|ending| {
+            let ending = ending.as_bytes();
+            name.len() > ending.len()
+                && same_header_name(&name[name.len() - ending.len()..], ending)
+        })
 }
 
 /// Compares a received name with a canonical (lowercase, hyphenated) one, ignoring ASCII case

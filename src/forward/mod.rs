@@ -111,12 +111,19 @@ pub struct Forwarder {
     rewrite_body_limit: usize,
     response_header_timeout: Duration,
     connect_timeout: Duration,
+    request_headers: headers::RequestHeaders,
+    /// `request_headers_dropped_total` of this upstream.
+    dropped_headers: prometheus::IntCounter,
     client: HttpClient,
 }
 
 impl Forwarder {
     /// A forwarder for `upstream`; `ca_file` is already resolved relative to the config file.
-    pub fn new(upstream: &UpstreamConfig, ca_file: Option<&Path>) -> Result<Self, TlsError> {
+    pub fn new(
+        upstream: &UpstreamConfig,
+        ca_file: Option<&Path>,
+        dropped_headers: prometheus::IntCounter,
+    ) -> Result<Self, TlsError> {
         let uri: Uri = upstream.url.value.parse().map_err(|_| TlsError::Read {
             path: upstream.url.value.clone(),
             reason: "not a URL".into(),
@@ -130,6 +137,22 @@ impl Forwarder {
 
         let timeouts = &upstream.timeouts;
         let client = upstream_client(ca_file, timeouts.connect.0, timeouts.idle.0)?;
+        // Validation has refused names that are not header names.
+        let configured: Option<Vec<header::HeaderName>> =
+            upstream.request_headers.as_ref().map(|names| {
+                names
+                    .value
+                    .iter()
+                    .filter_map(|name| header::HeaderName::from_bytes(name.as_bytes()).ok())
+                    .collect()
+            });
+        let request_headers = match (upstream.kind, configured) {
+            (UpstreamKind::SynapseDev, extra) => {
+                headers::RequestHeaders::synapse(extra.as_deref().unwrap_or_default())
+            }
+            (UpstreamKind::Http, Some(only)) => headers::RequestHeaders::Only(only.into()),
+            (UpstreamKind::Http, None) => headers::RequestHeaders::All,
+        };
 
         Ok(Self {
             name: upstream.name.value.clone(),
@@ -141,6 +164,8 @@ impl Forwarder {
             rewrite_body_limit: upstream.rewrite_body_limit,
             response_header_timeout: timeouts.response_header.0,
             connect_timeout: timeouts.connect.0,
+            request_headers,
+            dropped_headers,
             client,
         })
     }
@@ -163,6 +188,10 @@ impl Forwarder {
         let (mut parts, body) = request.into_parts();
         parts.uri = std::mem::take(&mut outbound.uri);
         parts.version = http::Version::HTTP_11;
+        let dropped = headers::filter_request(&mut parts.headers, &self.request_headers);
+        if dropped > 0 {
+            self.dropped_headers.inc_by(dropped as u64);
+        }
         prepare_request_headers(&mut parts.headers, &mut outbound);
 
         let started = Instant::now();
@@ -332,11 +361,10 @@ impl Forwarder {
 /// The request header rules: hop-by-hop and identity headers out, the caller's credentials out,
 /// forwarding facts and the request id in.
 /// The per-request values are moved into the headers, not cloned.
+/// Sets what the gate vouches for on a request [`headers::filter_request`] has filtered.
 fn prepare_request_headers(headers: &mut http::HeaderMap, outbound: &mut Outbound<'_>) {
-    headers::strip_hop_by_hop(headers);
-    headers::strip_identity_headers(headers);
-    headers::remove_all(headers, &[header::HOST, header::COOKIE]);
-    // The caller's credentials never go upstream: replaced by the workload token, or removed.
+    // The caller's credentials never go upstream: the workload token, if the rule names an
+    // identity, is the only one.
     match outbound.authorization.take() {
         Some(authorization) => headers.insert(header::AUTHORIZATION, authorization),
         None => headers.remove(header::AUTHORIZATION),

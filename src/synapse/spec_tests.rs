@@ -269,3 +269,42 @@ fn every_spec_operation_classifies_to_its_action() {
     }
     assert!(checked >= 159, "only {checked} operations checked");
 }
+
+/// Every header parameter of the data-plane specs (in operations or shared `parameters`) is on
+/// the allow-list of request headers a Synapse upstream is sent.
+#[test]
+fn every_spec_header_parameter_is_forwarded_to_synapse() {
+    fn header_parameters(value: &serde_json::Value, out: &mut BTreeSet<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if map.get("in").and_then(|v| v.as_str()) == Some("header") {
+                    if let Some(name) = map.get("name").and_then(|v| v.as_str()) {
+                        out.insert(name.to_ascii_lowercase());
+                    }
+                }
+                map.values().for_each(|v| header_parameters(v, out));
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| header_parameters(v, out)),
+            _ => {}
+        }
+    }
+    let Some(dir) = spec_dir() else { return };
+    let mut files = Vec::new();
+    json_files(&dir, &mut files);
+    let mut names = BTreeSet::new();
+    for file in &files {
+        let doc: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+        header_parameters(&doc, &mut names);
+    }
+    assert!(names.contains("if-match"), "the walk found {names:?}");
+    let allowed = crate::forward::headers::SYNAPSE_REQUEST_HEADERS;
+    let missing: Vec<&String> = names
+        .iter()
+        .filter(|name| !allowed.contains(&name.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "spec headers not forwarded: {missing:?}"
+    );
+}
