@@ -454,6 +454,10 @@ fn compile_rule(
     for (pattern, at) in patterns {
         let matched: Vec<&'static str> = if pattern == synapse::UNKNOWN {
             vec![synapse::UNKNOWN]
+        } else if pattern == "*" && spec.effect == Effect::Deny {
+            // A deny of every action means every action: `unknown` is what an allow must name,
+            // never what a deny may miss.
+            vocabulary.to_vec()
         } else {
             vocabulary
                 .iter()
