@@ -992,6 +992,28 @@ fn a_clean_policy_set_has_no_warnings() {
 }
 
 #[test]
+fn a_deny_path_ending_in_one_star_gets_a_hint_about_two() {
+    let got = warnings_of(&[(
+        "a.yaml",
+        "rules:
+  - id: no-admin
+    effect: deny
+    request: { paths: [\"/admin/*\", \"/ops/**\", \"/x/*.json\"] }
+  - id: allow-one-level
+    effect: allow
+    actions: [unknown]
+    request: { paths: \"/public/*\" }
+",
+    )]);
+    let expected = vec![(
+        "<dir>/a.yaml".to_owned(),
+        2,
+        "deny rule `no-admin`: path `/admin/*` matches one segment only (`/admin/x`, not `/admin/x/y`); write `/admin/**` to cover deeper paths".to_owned(),
+    )];
+    assert_eq!(got, expected);
+}
+
+#[test]
 fn warnings_are_displayed_as_warnings() {
     let (dir, set) = load_ok(&WARNING_POLICIES[..1]);
     let text = set.warnings[0]

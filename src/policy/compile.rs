@@ -398,6 +398,7 @@ pub fn load(
                 ));
                 continue;
             }
+            warnings.extend(one_segment_deny_paths(&spec, &source));
             match compile_rule(spec, &source, &vocabulary, context, location) {
                 Ok(rule) => rules.push(rule),
                 Err(mut errors) => problems.append(&mut errors),
@@ -659,6 +660,37 @@ fn never_matching(rules: &[Rule], source: &Source<'_>) -> Vec<Diagnostic> {
         }
     }
     warnings
+}
+
+/// Deny paths ending in `/*`: `*` stops at `/`, so `/admin/*` leaves `/admin/x/y` allowed, which is
+/// rarely what the author of a deny meant.
+fn one_segment_deny_paths(spec: &RuleSpec, source: &Source<'_>) -> Vec<Diagnostic> {
+    let Some(paths) = spec
+        .request
+        .paths
+        .as_ref()
+        .filter(|_| spec.effect == Effect::Deny)
+    else {
+        return Vec::new();
+    };
+    let paths = match paths {
+        OneOrMany::One(path) => std::slice::from_ref(path),
+        OneOrMany::Many(paths) => paths.as_slice(),
+    };
+    paths
+        .iter()
+        .filter_map(|path| {
+            let parent = path.strip_suffix("/*")?;
+            Some(Diagnostic::warning(
+                source.path,
+                spec.id.referenced.line(),
+                format!(
+                    "deny rule `{}`: path `{path}` matches one segment only (`{parent}/x`, not `{parent}/x/y`); write `{parent}/**` to cover deeper paths",
+                    spec.id.value
+                ),
+            ))
+        })
+        .collect()
 }
 
 /// Allows that an enforced deny always overrides: the deny has no conditions beyond the allow's
