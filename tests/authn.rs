@@ -1339,6 +1339,40 @@ async fn provider_down_with_keys_cached_keeps_serving() {
     env.issuer.set_up(true);
 }
 
+/// A provider that publishes an empty key set (a misconfigured rotation, a broken proxy answering
+/// `{"keys":[]}`) has not revoked every key: the keys held keep serving, marked stale, until a
+/// key set with a usable key arrives.
+#[tokio::test]
+async fn an_empty_key_set_does_not_replace_the_keys_held() {
+    let env = Env::with_provider_options("    jwks_refresh_interval: 1s\n").await;
+    env.accepts(&env.issuer.token(json!({"jti": "before"})))
+        .await;
+    let signing = env.issuer.current_key();
+    env.issuer.unpublish(&signing.kid);
+    let fetches = env.issuer.jwks_fetches();
+    for _ in 0..100 {
+        if env.issuer.jwks_fetches() >= fetches + 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(env.issuer.jwks_fetches() >= fetches + 2, "no refresh came");
+
+    env.accepts(&env.issuer.token(json!({"jti": "after-empty"})))
+        .await;
+    let (status, body) = readyz(&env.gate).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let provider = &body["providers"]["test"];
+    assert_eq!(provider["status"], "stale", "{body}");
+    assert_eq!(provider["keys"], 1, "{body}");
+    assert!(
+        provider["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no usable signing key")),
+        "{body}"
+    );
+}
+
 #[tokio::test]
 async fn provider_down_with_an_unknown_kid_is_503_never_401() {
     let env = Env::start().await;
