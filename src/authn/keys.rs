@@ -279,6 +279,11 @@ impl KeyStore {
                         ),
                     });
                 }
+                crate::config::https_url("the discovery document's `jwks_uri`", &document.jwks_uri)
+                    .map_err(|reason| FetchError::Invalid {
+                        host: crate::outbound::host_of(&self.source.issuer),
+                        reason,
+                    })?;
                 document.jwks_uri
             }
         };
