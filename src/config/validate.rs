@@ -113,6 +113,7 @@ pub(super) fn check(loaded: &LoadedConfig) -> Vec<Diagnostic> {
     check_providers(loaded, &mut report);
     check_upstreams(loaded, &mut report);
     problems.extend(check_identity_urls(loaded));
+    problems.extend(check_key_vault_readers(loaded));
     problems
 }
 
@@ -290,6 +291,83 @@ fn check_identity_urls(loaded: &LoadedConfig) -> Vec<Diagnostic> {
             ))
         })
         .collect()
+}
+
+/// A Key Vault secret is read with an identity's token (the reference's `identity`, or the first
+/// managed or workload identity by name). An identity whose own secret is read with itself, or
+/// with an identity whose secret needs it in turn, could never obtain a token: at the first
+/// request it would wait on itself forever.
+fn check_key_vault_readers(loaded: &LoadedConfig) -> Vec<Diagnostic> {
+    let identities = &loaded.config.identities;
+    let default_reader = identities
+        .iter()
+        .find(|(_, identity)| {
+            matches!(
+                identity,
+                IdentityConfig::AzureManagedIdentity(_) | IdentityConfig::AzureWorkloadIdentity(_)
+            )
+        })
+        .map(|(name, _)| name.as_str());
+    let header = loaded.config.azure.identity_header.as_ref();
+    let reader_of = |identity| key_vault_reader(identity, header, default_reader);
+    let mut problems = Vec::new();
+    for (name, identity) in identities {
+        let at = |message: String| {
+            Diagnostic::at_text(&loaded.path, &loaded.source, &format!("{name}:"), message)
+        };
+        let Some(reader) = reader_of(identity) else {
+            continue;
+        };
+        if !identities.contains_key(reader) {
+            problems.push(at(format!(
+                "identity `{name}` reads its Key Vault secret with identity `{reader}`, which is not defined in `identities`"
+            )));
+            continue;
+        }
+        if reader == name {
+            problems.push(at(format!(
+                "identity `{name}` reads its Key Vault secret with identity `{name}` itself, which needs that secret to get a token: it could never get one"
+            )));
+            continue;
+        }
+        // Follow the chain of readers (each identity has at most one): back at `name` is a cycle.
+        let mut seen = vec![reader];
+        let mut current = reader;
+        while let Some(further) = identities.get(current).and_then(reader_of) {
+            if further == name {
+                problems.push(at(format!(
+                    "identity `{name}` reads its Key Vault secret with identity `{reader}`, whose token needs `{name}`'s in turn: neither could ever get one"
+                )));
+                break;
+            }
+            if seen.contains(&further) {
+                break;
+            }
+            seen.push(further);
+            current = further;
+        }
+    }
+    problems
+}
+
+/// The identity whose token reads the Key Vault secret `identity` needs, if it needs one.
+fn key_vault_reader<'a>(
+    identity: &'a IdentityConfig,
+    identity_header: Option<&'a SecretRef>,
+    default_reader: Option<&'a str>,
+) -> Option<&'a str> {
+    let secret = match identity {
+        IdentityConfig::Azure(app) | IdentityConfig::AzureOnBehalfOf(app) => {
+            app.client_secret.as_ref()
+        }
+        IdentityConfig::Oauth2ClientCredentials(oauth) => oauth.client_secret.as_ref(),
+        IdentityConfig::AzureManagedIdentity(_) => identity_header,
+        IdentityConfig::AzureWorkloadIdentity(_) => None,
+    };
+    match secret? {
+        SecretRef::KeyVault(reference) => reference.identity.as_deref().or(default_reader),
+        _ => None,
+    }
 }
 
 /// The vault URL of a Key Vault secret reference, named after the setting that holds it.

@@ -400,6 +400,51 @@ gate.yaml:24:45: error: `token_url` of identity `other` must be an https:// URL,
     );
 }
 
+/// A Key Vault secret is read with an identity's token; an identity whose own secret needs that
+/// token (itself, or through another identity) could never get one: a configuration error, where
+/// it used to wait on itself forever at the first request.
+#[test]
+fn a_key_vault_secret_read_by_the_identity_it_configures_is_refused() {
+    let ran = check(&format!(
+        "listen:
+  address: 127.0.0.1:8443
+identities:
+  app:
+    azure: {{ tenant: t, client_id: c, client_secret: {{ key_vault: {{ vault: https://kv.vault.azure.net, secret: s, identity: app }} }} }}
+  first:
+    azure: {{ tenant: t, client_id: c, client_secret: {{ key_vault: {{ vault: https://kv.vault.azure.net, secret: s, identity: second }} }} }}
+  second:
+    azure: {{ tenant: t, client_id: c, client_secret: {{ key_vault: {{ vault: https://kv.vault.azure.net, secret: s, identity: first }} }} }}
+  fine:
+    azure: {{ tenant: t, client_id: c, client_secret: {{ key_vault: {{ vault: https://kv.vault.azure.net, secret: s, identity: pod }} }} }}
+  pod:
+    azure_managed_identity: {{}}
+  typo:
+    azure: {{ tenant: t, client_id: c, client_secret: {{ key_vault: {{ vault: https://kv.vault.azure.net, secret: s, identity: podd }} }} }}
+{UPSTREAM}"
+    ));
+    assert_refused(
+        &ran,
+        "gate.yaml:4:3: error: identity `app` reads its Key Vault secret with identity `app` itself, which needs that secret to get a token: it could never get one
+  |
+4 |   app:
+  |   ^
+gate.yaml:6:3: error: identity `first` reads its Key Vault secret with identity `second`, whose token needs `first`'s in turn: neither could ever get one
+  |
+6 |   first:
+  |   ^
+gate.yaml:8:3: error: identity `second` reads its Key Vault secret with identity `first`, whose token needs `second`'s in turn: neither could ever get one
+  |
+8 |   second:
+  |   ^
+gate.yaml:14:3: error: identity `typo` reads its Key Vault secret with identity `podd`, which is not defined in `identities`
+   |
+14 |   typo:
+   |   ^
+",
+    );
+}
+
 #[test]
 fn a_path_prefix_must_start_with_a_slash() {
     let ran = check(
