@@ -1267,6 +1267,9 @@ async fn every_ambiguous_path_form_is_400_and_nothing_is_forwarded() {
     let percent = "the request path contains a `%` that is not followed by two hex digits";
     let nul = "the request path contains a NUL byte";
     let not_utf8 = "the request path contains percent-encoded bytes that are not UTF-8";
+    let padded = "the request path has a segment that begins or ends with whitespace, which Synapse may read as another name";
+    let trailing_dot =
+        "the request path has a segment that ends with `.`, which Synapse may read as another name";
     let forms = [
         ("/ws/a/..%2fb", slash),
         ("/pipelines/a%2fb", slash),
@@ -1291,6 +1294,13 @@ async fn every_ambiguous_path_form_is_400_and_nothing_is_forwarded() {
         ("/pipelines/a%00b", nul),
         ("/pipelines/%ff", not_utf8),
         ("/pipelines/%c3%28", not_utf8),
+        ("/pipelines/prod_load%20/createRun", padded),
+        ("/pipelines/%20prod_load/createRun", padded),
+        ("/pipelines/prod_load%09", padded),
+        ("/pipelines/prod_load%C2%A0/createRun", padded),
+        ("/pipelines/prod_load./createRun", trailing_dot),
+        ("/pipelines/prod_load%2E/createRun", trailing_dot),
+        ("/pipelines/prod_load.?api-version=2020-12-01", trailing_dot),
     ];
     let mut wrong = Vec::new();
     for (target, message) in forms {
