@@ -73,6 +73,7 @@ impl GateError {
                 IdentityError::Unavailable { .. } | IdentityError::NoScope { .. },
             ) => StatusCode::SERVICE_UNAVAILABLE,
             GateError::Identity(IdentityError::ClaimsChallenge { .. }) => StatusCode::UNAUTHORIZED,
+            GateError::Identity(IdentityError::NoSubject { .. }) => StatusCode::FORBIDDEN,
             GateError::Authn(AuthnError::InvalidRequest(_)) => StatusCode::BAD_REQUEST,
             GateError::Authn(AuthnError::Missing(_) | AuthnError::Invalid { .. }) => {
                 StatusCode::UNAUTHORIZED
@@ -103,6 +104,7 @@ impl GateError {
             GateError::Identity(IdentityError::Unavailable { .. }) => "WorkloadIdentityUnavailable",
             GateError::Identity(IdentityError::NoScope { .. }) => "WorkloadIdentityMisconfigured",
             GateError::Identity(IdentityError::ClaimsChallenge { .. }) => "ClaimsChallenge",
+            GateError::Identity(IdentityError::NoSubject { .. }) => "CallerWithoutSubject",
             GateError::Authn(AuthnError::InvalidRequest(_)) => "InvalidRequest",
             GateError::Authn(AuthnError::Missing(_) | AuthnError::Invalid { .. }) => "Unauthorized",
             GateError::Authn(AuthnError::Unavailable { .. }) => "IdentityProviderUnavailable",
@@ -117,6 +119,7 @@ impl GateError {
     pub fn outcome(&self) -> &'static str {
         match self {
             GateError::Denied { .. } => "denied",
+            GateError::Identity(IdentityError::NoSubject { .. }) => "rejected",
             GateError::Authn(AuthnError::Unavailable { .. })
             | GateError::Identity(_)
             | GateError::AuditUnavailable => "unavailable",

@@ -150,7 +150,8 @@ impl JsonFetcher {
     }
 }
 
-fn host_of(url: &str) -> String {
+/// The authority of `url` (host and port), which errors name instead of the whole URL.
+pub fn host_of(url: &str) -> String {
     url.parse::<http::Uri>()
         .ok()
         .and_then(|u| u.authority().map(|a| a.to_string()))

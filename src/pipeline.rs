@@ -23,7 +23,7 @@ use crate::error::GateError;
 use crate::forward::headers::{forwarded_for_hop, RequestId};
 use crate::forward::{ForwardedFacts, Outbound};
 use crate::gate::Gate;
-use crate::identity::{IdentityError, TokenBroker};
+use crate::identity::{Caller, IdentityError, TokenBroker};
 use crate::metrics::Metrics;
 use crate::policy::{Decision, Effect, Facts};
 use crate::snapshot::{ListenSettings, Snapshot, Upstream};
@@ -635,14 +635,12 @@ async fn workload_token(
             retry_after: 5,
         })?;
     // Per-user identities (on-behalf-of) exchange the caller's own token, cached per user.
-    let user_key;
     let caller = if identity.is_per_user() {
-        user_key = format!("{}\n{}", principal.iss, principal.sub);
         headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split_once(' ').map(|(_, token)| token.trim()))
-            .map(|token| (user_key.as_str(), token))
+            .map(|token| Caller { principal, token })
     } else {
         None
     };

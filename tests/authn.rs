@@ -10,6 +10,7 @@
 mod support;
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -1337,6 +1338,85 @@ async fn provider_down_with_keys_cached_keeps_serving() {
     )
     .await;
     env.issuer.set_up(true);
+}
+
+/// A discovery document that points at a key set over plain http on another host is refused:
+/// keys fetched in the clear could be anyone's. The gate does not fetch them, and says why.
+#[tokio::test]
+async fn a_discovered_plain_http_key_set_is_refused() {
+    let discovery: Arc<Mutex<String>> = Arc::default();
+    let served = discovery.clone();
+    let idp = FakeUpstream::start(
+        Wire::Plain,
+        None,
+        handler(move |_| {
+            let document = served.lock().unwrap().clone();
+            async move { json_response(StatusCode::OK, &serde_json::from_str(&document).unwrap()) }
+        }),
+    )
+    .await;
+    *discovery.lock().unwrap() = json!({
+        "issuer": idp.url,
+        "jwks_uri": "http://192.0.2.1/keys",
+    })
+    .to_string();
+    let upstream = FakeUpstream::echo(Wire::Plain, None).await;
+    let yaml = format!(
+        "{}providers:\n  - name: lan\n    issuer: {}\n    audiences: [a]\n    fetch_timeout: 2s\n",
+        config_with_upstream(&upstream.url, "http", "{}"),
+        idp.url
+    );
+    let gate = TestGate::start(&yaml).await;
+    let mut last_error = Value::Null;
+    for _ in 0..100 {
+        let (_, body) = readyz(&gate).await;
+        last_error = body["providers"]["lan"]["last_error"].clone();
+        if !last_error.is_null() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        last_error,
+        format!(
+            "{} sent an invalid document: the discovery document's `jwks_uri` must be an https:// URL, not `http://192.0.2.1/keys`: plain http:// is accepted only on loopback (localhost, 127.0.0.0/8, ::1)",
+            idp.url.trim_start_matches("http://")
+        )
+    );
+}
+
+/// A provider that publishes an empty key set (a misconfigured rotation, a broken proxy answering
+/// `{"keys":[]}`) has not revoked every key: the keys held keep serving, marked stale, until a
+/// key set with a usable key arrives.
+#[tokio::test]
+async fn an_empty_key_set_does_not_replace_the_keys_held() {
+    let env = Env::with_provider_options("    jwks_refresh_interval: 1s\n").await;
+    env.accepts(&env.issuer.token(json!({"jti": "before"})))
+        .await;
+    let signing = env.issuer.current_key();
+    env.issuer.unpublish(&signing.kid);
+    let fetches = env.issuer.jwks_fetches();
+    for _ in 0..100 {
+        if env.issuer.jwks_fetches() >= fetches + 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(env.issuer.jwks_fetches() >= fetches + 2, "no refresh came");
+
+    env.accepts(&env.issuer.token(json!({"jti": "after-empty"})))
+        .await;
+    let (status, body) = readyz(&env.gate).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let provider = &body["providers"]["test"];
+    assert_eq!(provider["status"], "stale", "{body}");
+    assert_eq!(provider["keys"], 1, "{body}");
+    assert!(
+        provider["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no usable signing key")),
+        "{body}"
+    );
 }
 
 #[tokio::test]

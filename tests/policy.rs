@@ -992,6 +992,28 @@ fn a_clean_policy_set_has_no_warnings() {
 }
 
 #[test]
+fn a_deny_path_ending_in_one_star_gets_a_hint_about_two() {
+    let got = warnings_of(&[(
+        "a.yaml",
+        "rules:
+  - id: no-admin
+    effect: deny
+    request: { paths: [\"/admin/*\", \"/ops/**\", \"/x/*.json\"] }
+  - id: allow-one-level
+    effect: allow
+    actions: [unknown]
+    request: { paths: \"/public/*\" }
+",
+    )]);
+    let expected = vec![(
+        "<dir>/a.yaml".to_owned(),
+        2,
+        "deny rule `no-admin`: path `/admin/*` matches one segment only (`/admin/x`, not `/admin/x/y`); write `/admin/**` to cover deeper paths".to_owned(),
+    )];
+    assert_eq!(got, expected);
+}
+
+#[test]
 fn warnings_are_displayed_as_warnings() {
     let (dir, set) = load_ok(&WARNING_POLICIES[..1]);
     let text = set.warnings[0]
@@ -1245,6 +1267,9 @@ async fn every_ambiguous_path_form_is_400_and_nothing_is_forwarded() {
     let percent = "the request path contains a `%` that is not followed by two hex digits";
     let nul = "the request path contains a NUL byte";
     let not_utf8 = "the request path contains percent-encoded bytes that are not UTF-8";
+    let padded = "the request path has a segment that begins or ends with whitespace, which Synapse may read as another name";
+    let trailing_dot =
+        "the request path has a segment that ends with `.`, which Synapse may read as another name";
     let forms = [
         ("/ws/a/..%2fb", slash),
         ("/pipelines/a%2fb", slash),
@@ -1269,6 +1294,13 @@ async fn every_ambiguous_path_form_is_400_and_nothing_is_forwarded() {
         ("/pipelines/a%00b", nul),
         ("/pipelines/%ff", not_utf8),
         ("/pipelines/%c3%28", not_utf8),
+        ("/pipelines/prod_load%20/createRun", padded),
+        ("/pipelines/%20prod_load/createRun", padded),
+        ("/pipelines/prod_load%09", padded),
+        ("/pipelines/prod_load%C2%A0/createRun", padded),
+        ("/pipelines/prod_load./createRun", trailing_dot),
+        ("/pipelines/prod_load%2E/createRun", trailing_dot),
+        ("/pipelines/prod_load.?api-version=2020-12-01", trailing_dot),
     ];
     let mut wrong = Vec::new();
     for (target, message) in forms {

@@ -417,6 +417,69 @@ async fn on_behalf_of_exchanges_the_callers_entra_token_and_relays_claims_challe
     assert_eq!(reply.gate_error().0, "ClaimsChallenge");
 }
 
+/// Per-user tokens are cached per provider, issuer and subject: a caller whose token has no
+/// non-empty string `sub` cannot be told apart from another such caller, so it gets no token
+/// (today two sub-less callers would share the first one's exchanged token).
+#[tokio::test]
+async fn a_per_user_identity_refuses_callers_without_a_subject_and_exchanges_per_subject() {
+    let s = setup().await;
+    s.emulator
+        .register_obo_client("gate-app", "obo-secret", "api://gate-app");
+    let provider = format!(
+        "  - name: entra\n    issuer: {}\n    audiences: [api://gate-app]\n    ca_file: {}\n",
+        s.emulator.issuer(),
+        s.pki.ca_path().display()
+    );
+    let identities = format!(
+        "  caller:\n    azure_on_behalf_of: {{ tenant: {}, client_id: gate-app, client_secret: {{ file: {} }} }}\n",
+        s.emulator.tenant,
+        secret_file(&s, "obo-sub.secret", "obo-secret")
+    );
+    let gate = s.gate_with(&identities, "caller", &provider, "").await;
+    let token = |user: &str, sub: Value| {
+        s.emulator
+            .user_token_with("api://gate-app", user, &[], json!({ "sub": sub }))
+    };
+    for (user, sub) in [
+        ("alice@contoso.com", Value::Null),
+        ("bob@contoso.com", Value::Null),
+        ("carol@contoso.com", json!("")),
+        ("dave@contoso.com", json!(42)),
+    ] {
+        let reply = Client::plain()
+            .with_token(token(user, sub.clone()))
+            .get(&gate.url("/pipelines"))
+            .await;
+        assert_eq!(reply.status, StatusCode::FORBIDDEN, "{user} with sub {sub}");
+        assert_eq!(
+            reply.gate_error(),
+            (
+                "CallerWithoutSubject".to_owned(),
+                "identity `caller` acts as the caller, but the caller's token has no `sub` claim to tell whose token it is".to_owned()
+            )
+        );
+    }
+    assert_eq!(s.upstream.count(), 0, "nothing reached the upstream");
+    assert_eq!(
+        s.emulator.count_for("gate-app"),
+        0,
+        "no token was exchanged"
+    );
+
+    // Two callers with subjects: one exchange each, and each reaches Synapse as itself.
+    for user in ["alice@contoso.com", "bob@contoso.com"] {
+        let oid = s.emulator.user_object_id(user);
+        let reply = Client::plain()
+            .with_token(token(user, json!(format!("sub-{oid}"))))
+            .get(&gate.url("/pipelines"))
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{user}");
+        let claims = s.seen.lock().unwrap().last().cloned().unwrap();
+        assert_eq!(claims["oid"], oid);
+    }
+    assert_eq!(s.emulator.count_for("gate-app"), 2);
+}
+
 #[tokio::test]
 async fn key_vault_secrets_are_read_with_another_identity_and_rotation_needs_no_restart() {
     let s = setup().await;

@@ -211,12 +211,12 @@ impl KeyStore {
 
     /// Fetches the key set once (discovery first when no `jwks_uri` is configured).
     pub async fn refresh(&self) -> Result<(), FetchError> {
-        let result = self.fetch().await;
+        let result = self.fetch().await.and_then(|set| self.usable_keys(&set));
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        match &result {
-            Ok(set) => {
-                let count = set.keys.len();
-                self.keys.store(Arc::new(KeySet::from_jwks(set)));
+        match result {
+            Ok(keys) => {
+                let count = keys.len();
+                self.keys.store(Arc::new(keys));
                 state.last_success = Some(SystemTime::now());
                 state.last_error = None;
                 state.last_attempt_failed = false;
@@ -224,6 +224,7 @@ impl KeyStore {
                     .with_label_values(&[&self.name, "success"])
                     .inc();
                 tracing::debug!(provider = %self.name, keys = count, "signing keys refreshed");
+                Ok(())
             }
             Err(error) => {
                 state.last_error = Some(error.to_string());
@@ -232,9 +233,31 @@ impl KeyStore {
                     .with_label_values(&[&self.name, "error"])
                     .inc();
                 tracing::warn!(provider = %self.name, %error, "cannot refresh signing keys; keeping the keys held");
+                Err(error)
             }
         }
-        result.map(|_| ())
+    }
+
+    /// The signature keys of a fetched key set. A set without one (empty, or only encryption,
+    /// symmetric or unreadable keys) is a failed fetch, not a revocation of every key: a provider
+    /// rotates by publishing the new key beside the old, never by publishing none.
+    fn usable_keys(&self, set: &JwkSet) -> Result<KeySet, FetchError> {
+        let keys = KeySet::from_jwks(set);
+        if keys.is_empty() {
+            return Err(FetchError::Invalid {
+                host: crate::outbound::host_of(
+                    self.source
+                        .jwks_uri
+                        .as_deref()
+                        .unwrap_or(&self.source.issuer),
+                ),
+                reason: format!(
+                    "the key set holds no usable signing key ({} key(s) published)",
+                    set.keys.len()
+                ),
+            });
+        }
+        Ok(keys)
     }
 
     async fn fetch(&self) -> Result<JwkSet, FetchError> {
@@ -256,6 +279,11 @@ impl KeyStore {
                         ),
                     });
                 }
+                crate::config::https_url("the discovery document's `jwks_uri`", &document.jwks_uri)
+                    .map_err(|reason| FetchError::Invalid {
+                        host: crate::outbound::host_of(&self.source.issuer),
+                        reason,
+                    })?;
                 document.jwks_uri
             }
         };
@@ -407,5 +435,43 @@ impl KeyStores {
                 entry.task = Some(tokio::spawn(entry.store.clone().run()));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_set_without_a_usable_signing_key_is_a_failed_fetch() {
+        let metric =
+            IntCounterVec::new(prometheus::Opts::new("t", "t"), &["provider", "outcome"]).unwrap();
+        let source = KeySource {
+            issuer: "https://idp.example.com".into(),
+            jwks_uri: None,
+            ca_file: None,
+        };
+        let timing = KeyTiming {
+            refresh_every: Duration::from_secs(60),
+            min_refetch_interval: Duration::from_secs(1),
+            fetch_timeout: Duration::from_secs(1),
+        };
+        let store = KeyStore::new("corp", source, timing, metric).unwrap();
+        let rsa = r#"{"kty":"RSA","kid":"sig","n":"u1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gunVTLw7onLRnrq0_IzW7yWR7QkrmBL7jTKEn5u-qKhbwKfBstIs-bMY2Zkp18gnTxKLxoS2tFczGkPLPgizskuemMghRniWaoLcyehkd3qqGElvW_VDL5AaWTg0nLVkjRo9z-40RQzuVaE8AkAFmxZzow3x-VJYKdjykkJ0iT9wCS0DRTXu269V264Vf_3jvredZiKRkgwlL9xNAwxXFg0x_XFw005UWVRIkdgcKWTjpBP2dPwVZ4WWC-9aGVd-Gyn1o0CLelf4rEjGoXbAAEgAqeGUxrcIlbjXfbcmw","e":"AQAB"}"#;
+        let set = |keys: &str| -> JwkSet {
+            serde_json::from_str(&format!(r#"{{"keys":[{keys}]}}"#)).unwrap()
+        };
+        let refused = |keys: &str| match store.usable_keys(&set(keys)) {
+            Ok(_) => panic!("accepted {keys}"),
+            Err(error) => error.to_string(),
+        };
+        assert!(refused("").contains("holds no usable signing key (0 key(s) published)"));
+        assert!(refused(&rsa.replace(r#""kid""#, r#""use":"enc","kid""#))
+            .contains("no usable signing key (1 key(s) published)"));
+        assert!(refused(r#"{"kty":"oct","k":"c2VjcmV0"}"#).contains("no usable signing key"));
+        assert_eq!(
+            store.usable_keys(&set(rsa)).map(|keys| keys.len()).ok(),
+            Some(1)
+        );
     }
 }

@@ -83,10 +83,10 @@ impl ClaimNames {
                 .iter()
                 .find_map(|n| claims.get(n).and_then(Value::as_str).map(str::to_owned))
         };
-        let list = |names: &[String]| {
+        let list = |names: &[String], text: Text| {
             names
                 .iter()
-                .find_map(|n| claims.get(n).map(string_list))
+                .find_map(|n| claims.get(n).map(|value| string_list(value, text)))
                 .unwrap_or_default()
         };
         Principal {
@@ -103,9 +103,9 @@ impl ClaimNames {
                 .to_owned(),
             email: first_string(&self.email),
             name: first_string(&self.name),
-            groups: list(&self.groups),
-            roles: list(&self.roles),
-            scopes: list(&self.scopes),
+            groups: list(&self.groups, Text::OneValue),
+            roles: list(&self.roles, Text::OneValue),
+            scopes: list(&self.scopes, Text::SpaceSeparated),
             client_id: first_string(&self.client_id),
             claims,
             expires_at,
@@ -113,15 +113,27 @@ impl ClaimNames {
     }
 }
 
-/// A claim that is a list of strings, or one space-separated string (`scp`, `scope`).
-fn string_list(value: &Value) -> Vec<String> {
-    match value {
-        Value::Array(items) => items
+/// How a claim sent as one string (rather than a list) reads.
+#[derive(Clone, Copy)]
+enum Text {
+    /// One value: a group called `Domain Admins` is not `Domain` and `Admins`.
+    OneValue,
+    /// Space-separated values: OAuth scopes (`scp`, `scope`, RFC 6749 §3.3).
+    SpaceSeparated,
+}
+
+/// A claim that is a list of strings, or one string read as `text` says.
+fn string_list(value: &Value, text: Text) -> Vec<String> {
+    match (value, text) {
+        (Value::Array(items), _) => items
             .iter()
             .filter_map(Value::as_str)
             .map(str::to_owned)
             .collect(),
-        Value::String(text) => text.split_whitespace().map(str::to_owned).collect(),
+        (Value::String(one), Text::OneValue) => vec![one.clone()],
+        (Value::String(many), Text::SpaceSeparated) => {
+            many.split_whitespace().map(str::to_owned).collect()
+        }
         _ => Vec::new(),
     }
 }
@@ -170,6 +182,21 @@ mod tests {
             1,
         );
         assert_eq!(p.groups, ["yes"]);
+    }
+
+    #[test]
+    fn a_single_string_group_or_role_is_one_value_and_only_scopes_split() {
+        let names = ClaimNames::new(&ClaimMapping::default());
+        let p = names.principal(
+            "corp",
+            claims(json!({"groups":"Domain Admins","roles":"Task Writer","scp":"read write"})),
+            1,
+        );
+        assert_eq!(p.groups, ["Domain Admins"]);
+        assert_eq!(p.roles, ["Task Writer"]);
+        assert_eq!(p.scopes, ["read", "write"]);
+        let scope = names.principal("corp", claims(json!({"scope":"a  b"})), 1);
+        assert_eq!(scope.scopes, ["a", "b"]);
     }
 
     #[test]

@@ -41,6 +41,25 @@ impl Diagnostic {
         }
     }
 
+    /// A diagnostic where `value` is first written in `source`, for values the model keeps
+    /// without their position; about the whole file when it is not written there (a default).
+    pub fn at_text(file: &Path, source: &str, value: &str, message: impl Into<String>) -> Self {
+        let Some(offset) = source.find(value).filter(|_| !value.is_empty()) else {
+            return Self::whole_file(file, message);
+        };
+        let before = &source[..offset];
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        Self {
+            file: file.to_owned(),
+            line: before.matches('\n').count() as u64 + 1,
+            column: before[line_start..].chars().count() as u64 + 1,
+            message: message.into(),
+            help: None,
+            source_line: source[line_start..].lines().next().map(str::to_owned),
+            is_warning: false,
+        }
+    }
+
     /// A warning at a line of `file`.
     pub fn warning(file: &Path, line: u64, message: impl Into<String>) -> Self {
         Self {

@@ -16,7 +16,9 @@ pub use diagnostic::{closest, Diagnostic, Diagnostics};
 pub use duration::HumanDuration;
 pub use model::*;
 pub use secret::{KeyVaultSecret, SecretRef};
-pub use validate::{absolute_base_url, parse_host_match, HostMatch, SUPPORTED_ALGORITHMS};
+pub use validate::{
+    absolute_base_url, https_url, parse_host_match, HostMatch, SUPPORTED_ALGORITHMS,
+};
 
 /// A parsed configuration together with where it came from (for positioned errors later on).
 #[derive(Debug, Clone)]

@@ -322,10 +322,10 @@ pub enum ClaimValues {
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimMapping {
-    /// Group names (default `groups`).
+    /// Group names (default `groups`): a list, or one string that is one group name.
     #[serde(default)]
     pub groups: Option<String>,
-    /// App roles (default `roles`).
+    /// App roles (default `roles`): a list, or one string that is one role.
     #[serde(default)]
     pub roles: Option<String>,
     /// Scopes (default `scp`, then `scope`; space separated).

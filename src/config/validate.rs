@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use serde_saphyr::Spanned;
 
-use super::{Diagnostic, LoadedConfig, UpstreamConfig};
+use super::{Diagnostic, IdentityConfig, LoadedConfig, SecretRef, UpstreamConfig};
 
 /// Algorithms a provider may allow: asymmetric signatures only, so a public key can never be used
 /// as an HMAC secret.
@@ -112,6 +112,8 @@ pub(super) fn check(loaded: &LoadedConfig) -> Vec<Diagnostic> {
         |location, message: String| problems.push(loaded.diagnostic(location, message));
     check_providers(loaded, &mut report);
     check_upstreams(loaded, &mut report);
+    problems.extend(check_identity_urls(loaded));
+    problems.extend(check_key_vault_readers(loaded));
     problems
 }
 
@@ -166,8 +168,17 @@ fn check_providers(loaded: &LoadedConfig, report: &mut impl FnMut(serde_saphyr::
     for provider in &loaded.config.providers {
         unique(&mut names, &provider.name, "provider", report);
         unique(&mut issuers, &provider.issuer, "issuer", report);
-        if let Err(message) = absolute_base_url(&provider.issuer.value) {
-            report(provider.issuer.referenced, message);
+        let name = &provider.name.value;
+        match absolute_base_url(&provider.issuer.value) {
+            Err(message) => report(provider.issuer.referenced, message),
+            Ok(_) => {
+                if let Err(message) = https_url(
+                    &format!("`issuer` of provider `{name}`"),
+                    &provider.issuer.value,
+                ) {
+                    report(provider.issuer.referenced, message);
+                }
+            }
         }
         if provider.audiences.value.is_empty()
             || provider.audiences.value.iter().any(String::is_empty)
@@ -178,7 +189,10 @@ fn check_providers(loaded: &LoadedConfig, report: &mut impl FnMut(serde_saphyr::
             );
         }
         if let Some(jwks_uri) = &provider.jwks_uri {
-            if let Err(message) = absolute_base_url(&jwks_uri.value) {
+            let checked = absolute_base_url(&jwks_uri.value).and_then(|_| {
+                https_url(&format!("`jwks_uri` of provider `{name}`"), &jwks_uri.value)
+            });
+            if let Err(message) = checked {
                 report(jwks_uri.referenced, message);
             }
         }
@@ -204,6 +218,166 @@ fn check_providers(loaded: &LoadedConfig, report: &mut impl FnMut(serde_saphyr::
                 );
             }
         }
+    }
+}
+
+/// Refuses a URL that would carry keys, tokens or secrets in the clear: `https://`, or
+/// `http://` to a loopback host (a sidecar's or a test's local endpoint), nothing else.
+/// `field` names the setting in the message.
+pub fn https_url(field: &str, value: &str) -> Result<(), String> {
+    let uri: Option<http::Uri> = value.parse().ok();
+    let host = uri.as_ref().and_then(http::Uri::host);
+    let secure = match (uri.as_ref().and_then(http::Uri::scheme_str), host) {
+        (Some("https"), Some(_)) => true,
+        (Some("http"), Some(host)) => is_loopback(host),
+        _ => false,
+    };
+    if secure {
+        return Ok(());
+    }
+    Err(format!(
+        "{field} must be an https:// URL, not `{value}`: plain http:// is accepted only on loopback (localhost, 127.0.0.0/8, ::1)"
+    ))
+}
+
+/// `localhost`, or a loopback address (`127.0.0.0/8`, `::1`, IPv4-mapped or bracketed).
+fn is_loopback(host: &str) -> bool {
+    let address = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || address
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
+}
+
+/// The identities' token endpoints and Key Vault URLs must be https (see [`https_url`]). The
+/// model keeps these without positions, so each problem points at where its value is written.
+fn check_identity_urls(loaded: &LoadedConfig) -> Vec<Diagnostic> {
+    let mut urls: Vec<(String, &str)> = Vec::new();
+    let azure = &loaded.config.azure;
+    urls.push(("`azure.authority_host`".into(), &azure.authority_host));
+    urls.extend(vault_url(
+        "`azure.identity_header`",
+        azure.identity_header.as_ref(),
+    ));
+    for (name, identity) in &loaded.config.identities {
+        let owner = format!("identity `{name}`");
+        match identity {
+            IdentityConfig::Azure(app) | IdentityConfig::AzureOnBehalfOf(app) => {
+                if let Some(host) = &app.authority_host {
+                    urls.push((format!("`authority_host` of {owner}"), host));
+                }
+                urls.extend(vault_url(&owner, app.client_secret.as_ref()));
+            }
+            IdentityConfig::AzureWorkloadIdentity(wi) => {
+                if let Some(host) = &wi.authority_host {
+                    urls.push((format!("`authority_host` of {owner}"), host));
+                }
+            }
+            IdentityConfig::AzureManagedIdentity(_) => {}
+            IdentityConfig::Oauth2ClientCredentials(oauth) => {
+                urls.push((format!("`token_url` of {owner}"), &oauth.token_url));
+                urls.extend(vault_url(&owner, oauth.client_secret.as_ref()));
+            }
+        }
+    }
+    urls.into_iter()
+        .filter_map(|(field, url)| {
+            let message = https_url(&field, url).err()?;
+            Some(Diagnostic::at_text(
+                &loaded.path,
+                &loaded.source,
+                url,
+                message,
+            ))
+        })
+        .collect()
+}
+
+/// A Key Vault secret is read with an identity's token (the reference's `identity`, or the first
+/// managed or workload identity by name). An identity whose own secret is read with itself, or
+/// with an identity whose secret needs it in turn, could never obtain a token: at the first
+/// request it would wait on itself forever.
+fn check_key_vault_readers(loaded: &LoadedConfig) -> Vec<Diagnostic> {
+    let identities = &loaded.config.identities;
+    let default_reader = identities
+        .iter()
+        .find(|(_, identity)| {
+            matches!(
+                identity,
+                IdentityConfig::AzureManagedIdentity(_) | IdentityConfig::AzureWorkloadIdentity(_)
+            )
+        })
+        .map(|(name, _)| name.as_str());
+    let header = loaded.config.azure.identity_header.as_ref();
+    let reader_of = |identity| key_vault_reader(identity, header, default_reader);
+    let mut problems = Vec::new();
+    for (name, identity) in identities {
+        let at = |message: String| {
+            Diagnostic::at_text(&loaded.path, &loaded.source, &format!("{name}:"), message)
+        };
+        let Some(reader) = reader_of(identity) else {
+            continue;
+        };
+        if !identities.contains_key(reader) {
+            problems.push(at(format!(
+                "identity `{name}` reads its Key Vault secret with identity `{reader}`, which is not defined in `identities`"
+            )));
+            continue;
+        }
+        if reader == name {
+            problems.push(at(format!(
+                "identity `{name}` reads its Key Vault secret with identity `{name}` itself, which needs that secret to get a token: it could never get one"
+            )));
+            continue;
+        }
+        // Follow the chain of readers (each identity has at most one): back at `name` is a cycle.
+        let mut seen = vec![reader];
+        let mut current = reader;
+        while let Some(further) = identities.get(current).and_then(reader_of) {
+            if further == name {
+                problems.push(at(format!(
+                    "identity `{name}` reads its Key Vault secret with identity `{reader}`, whose token needs `{name}`'s in turn: neither could ever get one"
+                )));
+                break;
+            }
+            if seen.contains(&further) {
+                break;
+            }
+            seen.push(further);
+            current = further;
+        }
+    }
+    problems
+}
+
+/// The identity whose token reads the Key Vault secret `identity` needs, if it needs one.
+fn key_vault_reader<'a>(
+    identity: &'a IdentityConfig,
+    identity_header: Option<&'a SecretRef>,
+    default_reader: Option<&'a str>,
+) -> Option<&'a str> {
+    let secret = match identity {
+        IdentityConfig::Azure(app) | IdentityConfig::AzureOnBehalfOf(app) => {
+            app.client_secret.as_ref()
+        }
+        IdentityConfig::Oauth2ClientCredentials(oauth) => oauth.client_secret.as_ref(),
+        IdentityConfig::AzureManagedIdentity(_) => identity_header,
+        IdentityConfig::AzureWorkloadIdentity(_) => None,
+    };
+    match secret? {
+        SecretRef::KeyVault(reference) => reference.identity.as_deref().or(default_reader),
+        _ => None,
+    }
+}
+
+/// The vault URL of a Key Vault secret reference, named after the setting that holds it.
+fn vault_url<'a>(owner: &str, secret: Option<&'a SecretRef>) -> Option<(String, &'a str)> {
+    match secret? {
+        SecretRef::KeyVault(reference) => Some((
+            format!("`key_vault.vault` of {owner}"),
+            reference.vault.as_str(),
+        )),
+        _ => None,
     }
 }
 

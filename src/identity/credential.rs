@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -10,6 +11,14 @@ use crate::config::{AssertionAlgorithm, SecretRef};
 use crate::outbound::{percent_encode, FetchError, JsonFetcher, SmallResponse};
 
 const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// The longest lifetime believed of a token: Entra's and managed identity's tokens live at most a
+/// day, and a larger `expires_in` would overflow the cache's deadlines.
+pub(super) const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// The longest `Retry-After` of a token endpoint that is obeyed: a throttled identity is tried
+/// again within a minute, whatever the endpoint asked for.
+pub(super) const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// A token as issued.
 #[derive(Debug, Clone)]
@@ -180,7 +189,8 @@ fn read_token_response(response: SmallResponse) -> Result<Issued, TokenError> {
         .headers
         .get(http::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok());
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|seconds| seconds.min(MAX_RETRY_AFTER.as_secs()));
     if response.status.is_success() {
         let parsed: TokenResponse = serde_json::from_slice(&response.body)
             .map_err(|e| TokenError::Transport(format!("unreadable token response: {e}")))?;
@@ -195,7 +205,8 @@ fn read_token_response(response: SmallResponse) -> Result<Issued, TokenError> {
             })
             .ok_or_else(|| {
                 TokenError::Transport("token response without expires_in or expires_on".into())
-            })?;
+            })?
+            .min(MAX_TOKEN_LIFETIME.as_secs());
         return Ok(Issued {
             access_token: parsed.access_token,
             expires_in,
@@ -443,5 +454,56 @@ async fn app_proof(
                 ("client_assertion", jwt),
             ])
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, headers: &[(&str, &str)], body: &str) -> SmallResponse {
+        let mut map = http::HeaderMap::new();
+        for (name, value) in headers {
+            map.insert(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        SmallResponse {
+            status: http::StatusCode::from_u16(status).unwrap(),
+            headers: map,
+            body: body.to_owned().into(),
+        }
+    }
+
+    #[test]
+    fn a_huge_retry_after_is_capped() {
+        let throttled = read_token_response(answer(
+            429,
+            &[("retry-after", "18446744073709551615")],
+            r#"{"error":"temporarily_unavailable"}"#,
+        ))
+        .unwrap_err();
+        assert_eq!(throttled.retry_after(), Some(MAX_RETRY_AFTER.as_secs()));
+        let polite = read_token_response(answer(503, &[("retry-after", "7")], "{}")).unwrap_err();
+        assert_eq!(polite.retry_after(), Some(7));
+    }
+
+    #[test]
+    fn a_huge_lifetime_is_capped_and_cannot_overflow_a_deadline() {
+        let now = crate::common::unix_now();
+        for body in [
+            r#"{"access_token":"t","expires_in":1e300}"#.to_owned(),
+            r#"{"access_token":"t","expires_in":"18446744073709551615"}"#.to_owned(),
+            format!(r#"{{"access_token":"t","expires_on":{}}}"#, u64::MAX),
+        ] {
+            let issued = read_token_response(answer(200, &[], &body)).unwrap();
+            assert_eq!(issued.expires_in, MAX_TOKEN_LIFETIME.as_secs(), "{body}");
+            // What the cache does with it: a deadline from now.
+            let _ = std::time::Instant::now() + std::time::Duration::from_secs(issued.expires_in);
+        }
+        let normal = format!(r#"{{"access_token":"t","expires_on":"{}"}}"#, now + 3599);
+        let issued = read_token_response(answer(200, &[], &normal)).unwrap();
+        assert!((3598..=3599).contains(&issued.expires_in));
     }
 }

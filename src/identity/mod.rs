@@ -21,6 +21,7 @@ use arc_swap::ArcSwapOption;
 use http::HeaderValue;
 use prometheus::{Gauge, GaugeVec, IntCounter, IntCounterVec};
 
+use crate::authn::Principal;
 use crate::config::{
     AzureApplication, Diagnostic, IdentityConfig, KeyVaultSecret, LoadedConfig, SecretRef,
 };
@@ -40,6 +41,36 @@ pub enum IdentityError {
     ClaimsChallenge { identity: String, claims: String },
     #[error("upstream `{upstream}` has no `scope` for workload tokens")]
     NoScope { upstream: String },
+    /// A per-user identity's caller has no subject, so its token could not be told apart from
+    /// another such caller's.
+    #[error("identity `{identity}` acts as the caller, but the caller's token has no `sub` claim to tell whose token it is")]
+    NoSubject { identity: String },
+}
+
+/// The caller a per-user identity (on-behalf-of, token exchange) acts as.
+#[derive(Clone, Copy)]
+pub struct Caller<'a> {
+    pub principal: &'a Principal,
+    /// The caller's own token, which the identity exchanges.
+    pub token: &'a str,
+}
+
+impl Caller<'_> {
+    /// The caller's cache key: provider, issuer and subject, each length-prefixed so that no two
+    /// callers share one; `None` without a subject.
+    fn key(&self) -> Option<[u8; 32]> {
+        let p = self.principal;
+        if p.sub.is_empty() {
+            return None;
+        }
+        let parts = [&p.provider, &p.iss, &p.sub];
+        let mut key = Vec::with_capacity(parts.iter().map(|part| 8 + part.len()).sum());
+        for part in parts {
+            key.extend_from_slice(&(part.len() as u64).to_le_bytes());
+            key.extend_from_slice(part.as_bytes());
+        }
+        Some(crate::common::sha256(&key))
+    }
 }
 
 /// One identity, compiled.
@@ -317,7 +348,7 @@ struct Key {
     fingerprint: Arc<str>,
     /// Shared with the upstream's configuration: building the key costs no allocation.
     scope: Arc<str>,
-    /// Hash of the caller's subject, for per-user identities.
+    /// Hash of the caller's provider, issuer and subject, for per-user identities.
     user: Option<[u8; 32]>,
 }
 
@@ -374,21 +405,27 @@ impl TokenBroker {
     }
 
     /// A token for `scope` as `identity`, as the `Authorization` value `Bearer <token>` (marked
-    /// sensitive). `caller` is (subject key, caller token) for per-user identities.
+    /// sensitive). Per-user identities need the `caller`, with a subject; others ignore it.
     pub async fn token(
         &self,
         identities: &Arc<Identities>,
         identity: &Arc<Identity>,
         scope: &Arc<str>,
-        caller: Option<(&str, &str)>,
+        caller: Option<Caller<'_>>,
     ) -> Result<HeaderValue, IdentityError> {
         let per_user = identity.is_per_user();
+        let user = if per_user {
+            let key = caller.as_ref().and_then(Caller::key);
+            Some(key.ok_or_else(|| IdentityError::NoSubject {
+                identity: identity.name.clone(),
+            })?)
+        } else {
+            None
+        };
         let key = Key {
             fingerprint: identity.fingerprint.clone(),
             scope: scope.clone(),
-            user: per_user
-                .then(|| caller.map(|(subject, _)| crate::common::sha256(subject.as_bytes())))
-                .flatten(),
+            user,
         };
         // By reference: `get_with` would put the key in a new `Arc` on every hit.
         let slot = self.0.slots.get_with_by_ref(&key, || {
@@ -422,7 +459,7 @@ impl TokenBroker {
                 });
             }
         }
-        let assertion = caller.map(|(_, token)| token);
+        let assertion = caller.map(|caller| caller.token);
         match self.fetch(identities, identity, scope, assertion).await {
             Ok(cached) => {
                 let token = cached.bearer.clone();

@@ -81,13 +81,37 @@ fn literal_start(pattern: &str) -> &str {
 /// The resource attribute the policy index narrows by: a rule's `resources: { name: … }`.
 pub(super) const NAME_ATTRIBUTE: &str = "name";
 
-/// `value` with ASCII letters in lower case, copied only when it has an upper-case one.
-pub(super) fn ascii_lowercase(value: &str) -> Cow<'_, str> {
-    if value.bytes().any(|b| b.is_ascii_uppercase()) {
-        Cow::Owned(value.to_ascii_lowercase())
-    } else {
-        Cow::Borrowed(value)
+/// `value` folded the way a case-insensitive Synapse may compare it: ASCII letters in lower case,
+/// and every other letter as the small form of its capital (`É` → `é`, the Kelvin sign → `k`, the
+/// long `ſ` → `s`, the dotless `ı` → `i`), so all spellings of one name fold to one. Copied only
+/// when something changes; ASCII text (almost every name) takes the short way.
+pub(super) fn fold_case(value: &str) -> Cow<'_, str> {
+    if value.is_ascii() {
+        return if value.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(value.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(value)
+        };
     }
+    if value.chars().all(|c| fold_char(c) == c) {
+        return Cow::Borrowed(value);
+    }
+    Cow::Owned(value.chars().map(fold_char).collect())
+}
+
+/// One character folded (see [`fold_case`]): its single capital (a character whose capital is
+/// several, like `ß`, stays itself), then that capital's small letter (`İ` has a two-character one,
+/// `i` and a dot above, whose first is the letter Synapse compares).
+fn fold_char(c: char) -> char {
+    if c.is_ascii() {
+        return c.to_ascii_lowercase();
+    }
+    let mut upper = c.to_uppercase();
+    let capital = match (upper.next(), upper.next()) {
+        (Some(capital), None) => capital,
+        _ => c,
+    };
+    capital.to_lowercase().next().unwrap_or(capital)
 }
 
 /// The path as the upstream reads it: percent-decoded (`/%61dmin` is `/admin`). Paths that
@@ -114,9 +138,9 @@ impl Rule {
         self.principal.claims.iter().map(|(name, _)| name.as_str())
     }
 
-    /// The literal start of each of this rule's resource `name` patterns, in lower case; `None`
-    /// when the rule has no name condition. A resource whose name, in lower case, begins with
-    /// none of them cannot match (deny rules compare names in lower case, allow rules as written),
+    /// The literal start of each of this rule's resource `name` patterns, case-folded; `None`
+    /// when the rule has no name condition. A resource whose name, case-folded, begins with
+    /// none of them cannot match (deny rules compare names folded, allow rules as written),
     /// so the policy index files the rule under each start.
     pub(super) fn name_starts(&self) -> Option<impl Iterator<Item = String> + '_> {
         let (_, patterns) = self
@@ -126,7 +150,7 @@ impl Rule {
         Some(
             patterns
                 .iter()
-                .map(|pattern| literal_start(pattern).to_ascii_lowercase()),
+                .map(|pattern| fold_case(literal_start(pattern)).into_owned()),
         )
     }
 
@@ -153,13 +177,13 @@ impl Rule {
             && self.request == other.request
     }
 
-    /// A resource value or path in the form this rule compares it: a deny rule ignores ASCII
-    /// case (its patterns are lowercased at load), because Synapse artifact names and path
+    /// A resource value or path in the form this rule compares it: a deny rule ignores case
+    /// ([`fold_case`]; its patterns are folded at load), because Synapse artifact names and path
     /// literals are case-insensitive, so a deny must catch every spelling; an allow matches only
     /// the spelling its author wrote.
     fn folded<'v>(&self, value: &'v str) -> Cow<'v, str> {
         if self.effect == Effect::Deny {
-            ascii_lowercase(value)
+            fold_case(value)
         } else {
             Cow::Borrowed(value)
         }
@@ -398,6 +422,7 @@ pub fn load(
                 ));
                 continue;
             }
+            warnings.extend(one_segment_deny_paths(&spec, &source));
             match compile_rule(spec, &source, &vocabulary, context, location) {
                 Ok(rule) => rules.push(rule),
                 Err(mut errors) => problems.append(&mut errors),
@@ -454,6 +479,10 @@ fn compile_rule(
     for (pattern, at) in patterns {
         let matched: Vec<&'static str> = if pattern == synapse::UNKNOWN {
             vec![synapse::UNKNOWN]
+        } else if pattern == "*" && spec.effect == Effect::Deny {
+            // A deny of every action means every action: `unknown` is what an allow must name,
+            // never what a deny may miss.
+            vocabulary.to_vec()
         } else {
             vocabulary
                 .iter()
@@ -609,10 +638,10 @@ fn compile_rule(
     })
 }
 
-/// A deny rule's resource and path patterns, lowercased: see [`Rule::folded`].
+/// A deny rule's resource and path patterns, case-folded: see [`Rule::folded`].
 fn fold_for(effect: Effect, patterns: Vec<String>) -> Vec<String> {
     if effect == Effect::Deny {
-        patterns.iter().map(|p| p.to_ascii_lowercase()).collect()
+        patterns.iter().map(|p| fold_case(p).into_owned()).collect()
     } else {
         patterns
     }
@@ -657,6 +686,37 @@ fn never_matching(rules: &[Rule], source: &Source<'_>) -> Vec<Diagnostic> {
     warnings
 }
 
+/// Deny paths ending in `/*`: `*` stops at `/`, so `/admin/*` leaves `/admin/x/y` allowed, which is
+/// rarely what the author of a deny meant.
+fn one_segment_deny_paths(spec: &RuleSpec, source: &Source<'_>) -> Vec<Diagnostic> {
+    let Some(paths) = spec
+        .request
+        .paths
+        .as_ref()
+        .filter(|_| spec.effect == Effect::Deny)
+    else {
+        return Vec::new();
+    };
+    let paths = match paths {
+        OneOrMany::One(path) => std::slice::from_ref(path),
+        OneOrMany::Many(paths) => paths.as_slice(),
+    };
+    paths
+        .iter()
+        .filter_map(|path| {
+            let parent = path.strip_suffix("/*")?;
+            Some(Diagnostic::warning(
+                source.path,
+                spec.id.referenced.line(),
+                format!(
+                    "deny rule `{}`: path `{path}` matches one segment only (`{parent}/x`, not `{parent}/x/y`); write `{parent}/**` to cover deeper paths",
+                    spec.id.value
+                ),
+            ))
+        })
+        .collect()
+}
+
 /// Allows that an enforced deny always overrides: the deny has no conditions beyond the allow's
 /// and covers all of its actions.
 fn shadowed_allows(rules: &[Rule]) -> Vec<Diagnostic> {
@@ -693,5 +753,27 @@ fn split_location(location: &str) -> (PathBuf, u64) {
     match location.rsplit_once(':') {
         Some((file, line)) => (PathBuf::from(file), line.parse().unwrap_or(0)),
         None => (PathBuf::from(location), 0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The policy index files deny rules under the folded start of their folded patterns and
+    /// looks names up folded once: folding twice must change nothing, for every character.
+    #[test]
+    fn folding_is_idempotent_for_every_character() {
+        let changed: Vec<char> = (0..=u32::from(char::MAX))
+            .filter_map(char::from_u32)
+            .filter(|&c| fold_char(fold_char(c)) != fold_char(c))
+            .collect();
+        assert_eq!(changed, Vec::<char>::new());
+        assert_eq!(fold_case("PROD_Load"), "prod_load");
+        assert_eq!(
+            fold_case("\u{212A}PI_ſales_ı_ÉTÉ_İ_ß"),
+            "kpi_sales_i_été_i_ß"
+        );
+        assert!(matches!(fold_case("prod_été"), Cow::Borrowed(_)));
     }
 }

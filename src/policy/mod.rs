@@ -94,7 +94,7 @@ const NAME_INDEX_FROM: usize = 8;
 struct NameIndex {
     /// Rules without a resource-name condition.
     any_name: Vec<u32>,
-    /// Rules with one, under the lower-case literal start of each name pattern (possibly empty).
+    /// Rules with one, under the case-folded literal start of each name pattern (possibly empty).
     by_start: FastMap<Box<str>, Vec<u32>>,
     /// The lengths in bytes of those starts, ascending: the only prefixes of a name to look up.
     start_lengths: Vec<usize>,
@@ -126,8 +126,8 @@ impl Candidates {
         self.by_name = Some(Box::new(index));
     }
 
-    /// Hands `visit` the positions of every rule here that can match a resource whose name, in
-    /// lower case, is `name()`. Without a name, rules with a name condition cannot match.
+    /// Hands `visit` the positions of every rule here that can match a resource whose name,
+    /// case-folded, is `name()`. Without a name, rules with a name condition cannot match.
     fn visit<'n>(&self, name: &impl Fn() -> Option<&'n str>, visit: &mut impl FnMut(&[u32])) {
         let Some(index) = &self.by_name else {
             return visit(&self.positions);
@@ -282,7 +282,7 @@ impl PolicySet {
                         facts
                             .resource
                             .get(compile::NAME_ATTRIBUTE)
-                            .map(compile::ascii_lowercase)
+                            .map(compile::fold_case)
                     })
                     .as_deref()
             };

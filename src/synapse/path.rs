@@ -21,6 +21,12 @@ pub enum PathError {
     Nul,
     #[error("the request path contains percent-encoded bytes that are not UTF-8")]
     NotUtf8,
+    #[error("the request path has a segment that begins or ends with whitespace, which Synapse may read as another name")]
+    PaddedSegment,
+    #[error(
+        "the request path has a segment that ends with `.`, which Synapse may read as another name"
+    )]
+    TrailingDot,
 }
 
 /// Checks the raw request path (as received; anything from `?` on is ignored) for ambiguity:
@@ -70,6 +76,26 @@ fn check_segment(segment: &str) -> Result<(), PathError> {
     }
     if escaped_non_ascii && std::str::from_utf8(&decode_bytes(segment)).is_err() {
         return Err(PathError::NotUtf8);
+    }
+    check_edges(segment)
+}
+
+/// Refuses a segment whose text begins or ends with whitespace or ends with `.`: Windows, IIS and
+/// Azure's front ends trim those, so Synapse may read `prod_load.` or `prod_load%20` as
+/// `prod_load`, which a deny on `prod_load` must not miss.
+fn check_edges(segment: &str) -> Result<(), PathError> {
+    let decoded;
+    let text = if segment.contains('%') {
+        decoded = decode(segment);
+        decoded.as_str()
+    } else {
+        segment
+    };
+    if text.starts_with(char::is_whitespace) || text.ends_with(char::is_whitespace) {
+        return Err(PathError::PaddedSegment);
+    }
+    if text.ends_with('.') {
+        return Err(PathError::TrailingDot);
     }
     Ok(())
 }

@@ -337,6 +337,114 @@ gate.yaml:7:17: error: algorithm `none` is not allowed: unsigned tokens are neve
     );
 }
 
+/// Issuers, key sets, token endpoints and vaults carry keys, tokens and secrets: plain `http://`
+/// is refused for them unless the host is loopback (where the test emulators live).
+#[test]
+fn plain_http_is_refused_for_issuers_key_sets_token_endpoints_and_vaults_except_on_loopback() {
+    let ran = check(&format!(
+        "listen:
+  address: 127.0.0.1:8443
+providers:
+  - name: corp
+    issuer: http://login.example.com/realms/corp
+    audiences: [api://synapse-gate]
+  - name: keys
+    issuer: https://idp.example.com
+    jwks_uri: http://idp.example.com/keys
+    audiences: [api://synapse-gate]
+  - name: local
+    issuer: http://127.0.0.1:8080/realms/dev
+    jwks_uri: http://localhost:8080/keys
+    audiences: [api://synapse-gate]
+  - name: local6
+    issuer: http://[::1]:8080
+    audiences: [api://synapse-gate]
+azure:
+  authority_host: http://login.example.net
+identities:
+  app:
+    azure: {{ tenant: t, client_id: c, client_secret: {{ key_vault: {{ vault: http://kv.example.net, secret: s }} }}, authority_host: http://entra.example.org }}
+  other:
+    oauth2_client_credentials: {{ token_url: http://token.example.com/oauth/token, client_id: c, client_secret: {{ env: S }} }}
+  dev:
+    oauth2_client_credentials: {{ token_url: http://127.0.0.2:9000/token, client_id: c, client_secret: {{ env: S }} }}
+{UPSTREAM}"
+    ));
+    assert_refused(
+        &ran,
+        "gate.yaml:5:13: error: `issuer` of provider `corp` must be an https:// URL, not `http://login.example.com/realms/corp`: plain http:// is accepted only on loopback (localhost, 127.0.0.0/8, ::1)
+  |
+5 |     issuer: http://login.example.com/realms/corp
+  |             ^
+gate.yaml:9:15: error: `jwks_uri` of provider `keys` must be an https:// URL, not `http://idp.example.com/keys`: plain http:// is accepted only on loopback (localhost, 127.0.0.0/8, ::1)
+  |
+9 |     jwks_uri: http://idp.example.com/keys
+  |               ^
+gate.yaml:19:19: error: `azure.authority_host` must be an https:// URL, not `http://login.example.net`: plain http:// is accepted only on loopback (localhost, 127.0.0.0/8, ::1)
+   |
+19 |   authority_host: http://login.example.net
+   |                   ^
+gate.yaml:22:130: error: `authority_host` of identity `app` must be an https:// URL, not `http://entra.example.org`: plain http:// is accepted only on loopback (localhost, 127.0.0.0/8, ::1)
+   |
+22 |     azure: { tenant: t, client_id: c, client_secret: { key_vault: { vault: http://kv.example.net, secret: s } }, authority_host: http://entra.example.org }
+   |                                                                                                                                  ^
+gate.yaml:22:76: error: `key_vault.vault` of identity `app` must be an https:// URL, not `http://kv.example.net`: plain http:// is accepted only on loopback (localhost, 127.0.0.0/8, ::1)
+   |
+22 |     azure: { tenant: t, client_id: c, client_secret: { key_vault: { vault: http://kv.example.net, secret: s } }, authority_host: http://entra.example.org }
+   |                                                                            ^
+gate.yaml:24:45: error: `token_url` of identity `other` must be an https:// URL, not `http://token.example.com/oauth/token`: plain http:// is accepted only on loopback (localhost, 127.0.0.0/8, ::1)
+   |
+24 |     oauth2_client_credentials: { token_url: http://token.example.com/oauth/token, client_id: c, client_secret: { env: S } }
+   |                                             ^
+",
+    );
+}
+
+/// A Key Vault secret is read with an identity's token; an identity whose own secret needs that
+/// token (itself, or through another identity) could never get one: a configuration error, where
+/// it used to wait on itself forever at the first request.
+#[test]
+fn a_key_vault_secret_read_by_the_identity_it_configures_is_refused() {
+    let ran = check(&format!(
+        "listen:
+  address: 127.0.0.1:8443
+identities:
+  app:
+    azure: {{ tenant: t, client_id: c, client_secret: {{ key_vault: {{ vault: https://kv.vault.azure.net, secret: s, identity: app }} }} }}
+  first:
+    azure: {{ tenant: t, client_id: c, client_secret: {{ key_vault: {{ vault: https://kv.vault.azure.net, secret: s, identity: second }} }} }}
+  second:
+    azure: {{ tenant: t, client_id: c, client_secret: {{ key_vault: {{ vault: https://kv.vault.azure.net, secret: s, identity: first }} }} }}
+  fine:
+    azure: {{ tenant: t, client_id: c, client_secret: {{ key_vault: {{ vault: https://kv.vault.azure.net, secret: s, identity: pod }} }} }}
+  pod:
+    azure_managed_identity: {{}}
+  typo:
+    azure: {{ tenant: t, client_id: c, client_secret: {{ key_vault: {{ vault: https://kv.vault.azure.net, secret: s, identity: podd }} }} }}
+{UPSTREAM}"
+    ));
+    assert_refused(
+        &ran,
+        "gate.yaml:4:3: error: identity `app` reads its Key Vault secret with identity `app` itself, which needs that secret to get a token: it could never get one
+  |
+4 |   app:
+  |   ^
+gate.yaml:6:3: error: identity `first` reads its Key Vault secret with identity `second`, whose token needs `first`'s in turn: neither could ever get one
+  |
+6 |   first:
+  |   ^
+gate.yaml:8:3: error: identity `second` reads its Key Vault secret with identity `first`, whose token needs `second`'s in turn: neither could ever get one
+  |
+8 |   second:
+  |   ^
+gate.yaml:14:3: error: identity `typo` reads its Key Vault secret with identity `podd`, which is not defined in `identities`
+   |
+14 |   typo:
+   |   ^
+",
+    );
+}
+
 #[test]
 fn a_path_prefix_must_start_with_a_slash() {
     let ran = check(
