@@ -173,6 +173,7 @@ fn audit(c: &mut Criterion) {
             host: "gate.example.com".to_owned(),
             path: "/ws/contoso/pipelines/nightly_load".to_owned(),
             source_ip: "10.1.2.3".into(),
+            peer: None,
             user_agent: Some("azsdk-python-synapse-artifacts/0.22.0 Python/3.11.7".to_owned()),
             client_request_id: Some("9b1c7c8e-8a9e-11f1-9f8b-02fc00000001".to_owned()),
             traceparent: None,

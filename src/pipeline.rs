@@ -20,7 +20,7 @@ use crate::authn::Principal;
 use crate::body::ResponseBody;
 use crate::config::UpstreamKind;
 use crate::error::GateError;
-use crate::forward::headers::{forwarded_for_hop, RequestId};
+use crate::forward::headers::{client_address, forwarded_for_hop, RequestId};
 use crate::forward::{ForwardedFacts, Outbound};
 use crate::gate::Gate;
 use crate::identity::{Caller, IdentityError, TokenBroker};
@@ -98,6 +98,7 @@ impl Record {
                 // Never the query string: it may carry secrets.
                 path: request.uri().path().to_owned(),
                 source_ip: connection.source_ip.clone(),
+                peer: None,
                 user_agent: header("user-agent"),
                 client_request_id: request_id.callers().map(str::to_owned),
                 traceparent: header("traceparent"),
@@ -315,6 +316,17 @@ async fn process(
     record: &mut Record,
 ) -> Result<Response<ResponseBody>, GateError> {
     let listen = &snapshot.listen;
+    let peer = connection.peer.ip().to_canonical();
+    let peer_is_trusted = listen.is_trusted_proxy(peer);
+    let client_ip = if peer_is_trusted {
+        client_address(request.headers(), peer, |hop| listen.is_trusted_proxy(hop))
+    } else {
+        peer
+    };
+    if client_ip != peer {
+        record.request.peer = Some(connection.source_ip.clone());
+        record.request.source_ip = client_ip.to_string().into();
+    }
     check_limits(&request, listen)?;
     check_method(request.method())?;
     check_target(&request, connection)?;
@@ -353,7 +365,7 @@ async fn process(
         method: request.method().as_str(),
         path: routed.path,
         host: host.map(crate::route::strip_port),
-        source_ip: Some(connection.peer.ip().to_canonical()),
+        source_ip: Some(client_ip),
     });
     record.resource = Some(classified.resource);
     record.decision = if decision.is_allowed() {
@@ -397,13 +409,19 @@ async fn process(
     let upstream_uri = upstream
         .forwarder
         .upstream_uri(routed.path, request.uri().query())?;
-    let external_base = external_base(listen, connection, &request, host, routed.prefix);
+    let external_base = external_base(
+        listen,
+        peer_is_trusted,
+        connection,
+        &request,
+        host,
+        routed.prefix,
+    );
 
     // The upstream call is a child span of the caller's trace, or the root of a new one.
     let traceparent = child_traceparent(record.request.traceparent.as_deref());
     let traceparent_header = HeaderValue::from_str(&traceparent).ok();
     record.request.traceparent = Some(traceparent);
-    let peer_is_trusted = listen.is_trusted_proxy(connection.peer.ip().to_canonical());
     let scheme = if connection.tls { "https" } else { "http" };
     let (parts, body) = request.into_parts();
     let body = Limited::new(
@@ -555,6 +573,7 @@ fn request_host<B>(request: &Request<B>) -> Option<&str> {
 /// `X-Forwarded-*`, or from the request itself), followed by the route's prefix.
 fn external_base<B>(
     listen: &ListenSettings,
+    from_proxy: bool,
     connection: &Connection,
     request: &Request<B>,
     host: Option<&str>,
@@ -564,7 +583,6 @@ fn external_base<B>(
         return crate::common::concat(&[configured, prefix]);
     }
     let header = |name: &HeaderName| request.headers().get(name)?.to_str().ok();
-    let from_proxy = listen.is_trusted_proxy(connection.peer.ip().to_canonical());
     let scheme = from_proxy
         .then(|| header(&X_FORWARDED_PROTO))
         .flatten()

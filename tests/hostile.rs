@@ -1508,3 +1508,60 @@ async fn trace_and_connect_are_405_before_routing_and_nothing_is_forwarded() {
     }
     assert_eq!(env.upstream.count(), 0);
 }
+
+/// Behind a trusted proxy, `source_ips` rules and the audit's `source_ip` use the client the
+/// proxy forwarded for (the right-most `X-Forwarded-For` hop that is not a trusted proxy), and
+/// the audit keeps the peer beside it; a spoofed left part of the chain changes nothing, and
+/// from an untrusted peer `X-Forwarded-For` is not believed at all.
+#[tokio::test]
+async fn source_ips_see_the_client_behind_a_trusted_proxy_and_never_a_spoofed_hop() {
+    let policy = "rules:\n  - id: office-only\n    effect: allow\n    actions: [\"*\"]\n    request: { source_ips: [203.0.113.0/24] }\n";
+    let trusted = Env::start(
+        "http",
+        "  trusted_proxies: [127.0.0.1/32]\n",
+        &[("office.yaml", policy)],
+    )
+    .await;
+    let untrusted = Env::start("http", "", &[("office.yaml", policy)]).await;
+    let cases = [
+        (&trusted, "203.0.113.7", 200),
+        (&trusted, "6.6.6.6, 203.0.113.7", 200),
+        (&trusted, "203.0.113.7, 6.6.6.6", 403),
+        (&trusted, "203.0.113.7, garbage", 403),
+        (&untrusted, "203.0.113.7", 403),
+    ];
+    for (i, (env, chain, status)) in cases.iter().enumerate() {
+        let answer = raw(
+            env.address(),
+            &env.request(
+                "GET",
+                &format!("/case{i}"),
+                &format!("X-Forwarded-For: {chain}\r\nConnection: close\r\n"),
+                "",
+            ),
+        )
+        .await;
+        assert_eq!(answer.status, Some(*status), "{chain}: {}", answer.text);
+    }
+    let audit = |env: &Env, path: &str| -> serde_json::Value {
+        std::fs::read_to_string(env.gate.dir.path().join("audit.jsonl"))
+            .unwrap()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .find(|line| line["request"]["path"] == path)
+            .unwrap_or_else(|| panic!("no audit line for {path}"))
+    };
+    let forwarded = audit(&trusted, "/case1");
+    assert_eq!(
+        forwarded["request"]["source_ip"], "203.0.113.7",
+        "{forwarded}"
+    );
+    assert_eq!(forwarded["request"]["peer"], "127.0.0.1", "{forwarded}");
+    let spoofed = audit(&trusted, "/case2");
+    assert_eq!(spoofed["request"]["source_ip"], "6.6.6.6", "{spoofed}");
+    let direct = audit(&untrusted, "/case4");
+    assert_eq!(direct["request"]["source_ip"], "127.0.0.1", "{direct}");
+    assert!(direct["request"].get("peer").is_none(), "{direct}");
+    assert_eq!(trusted.upstream.count(), 2);
+    assert_eq!(untrusted.upstream.count(), 0);
+}

@@ -109,8 +109,12 @@ pub struct AuditRequest {
     #[serde(default)]
     pub host: String,
     pub path: String,
+    /// The client's address: the TCP peer, or from a trusted proxy the address it forwarded for.
     #[serde(default)]
     pub source_ip: Arc<str>,
+    /// The TCP peer, when it is a trusted proxy that forwarded for another `source_ip`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<Arc<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -324,6 +324,49 @@ pub fn set_forwarded(headers: &mut HeaderMap, facts: &ForwardedFacts<'_>) {
     }
 }
 
+/// The client's address when the TCP peer is a trusted proxy: the right-most `X-Forwarded-For`
+/// hop that is not itself a trusted proxy (hops further left were written by whoever that
+/// client is, so they prove nothing). When every hop is trusted, the left-most; when a hop is
+/// not an address (`unknown`, garbage), the last address before it, read from the right — the
+/// gate never believes a hop it cannot read past.
+pub fn client_address(
+    headers: &HeaderMap,
+    peer: IpAddr,
+    is_trusted: impl Fn(IpAddr) -> bool,
+) -> IpAddr {
+    let mut client = peer;
+    let values: Vec<&HeaderValue> = headers.get_all(X_FORWARDED_FOR).iter().collect();
+    for value in values.iter().rev() {
+        let Ok(text) = value.to_str() else {
+            return client;
+        };
+        for hop in text
+            .rsplit(',')
+            .map(str::trim)
+            .filter(|hop| !hop.is_empty())
+        {
+            let Some(address) = parse_hop(hop) else {
+                return client;
+            };
+            client = address;
+            if !is_trusted(address) {
+                return client;
+            }
+        }
+    }
+    client
+}
+
+/// One `X-Forwarded-For` hop: an address, possibly with a port (`1.2.3.4:5678`, `[::1]:80`).
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    if let Ok(address) = hop.parse::<IpAddr>() {
+        return Some(address.to_canonical());
+    }
+    hop.parse::<std::net::SocketAddr>()
+        .ok()
+        .map(|socket| socket.ip().to_canonical())
+}
+
 /// The TCP peer as an `X-Forwarded-For` hop. A dual-stack listener reports IPv4 clients as
 /// ::ffff:a.b.c.d; upstreams expect a.b.c.d.
 pub fn forwarded_for_hop(peer: IpAddr) -> HeaderValue {
@@ -572,6 +615,37 @@ mod tests {
     const PEER: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7));
 
     // ---- strip_hop_by_hop ----
+
+    #[test]
+    fn the_client_is_the_right_most_untrusted_forwarded_for_hop() -> TestResult {
+        let proxy: IpAddr = "10.0.0.1".parse()?;
+        let trusted = |ip: IpAddr| ip.to_string().starts_with("10.0.0.");
+        let client = |pairs: &[(&str, &str)]| -> Result<String, Box<dyn std::error::Error>> {
+            Ok(client_address(&map(pairs)?, proxy, trusted).to_string())
+        };
+        let xff = "x-forwarded-for";
+        assert_eq!(client(&[])?, "10.0.0.1", "no header: the peer");
+        assert_eq!(client(&[(xff, "203.0.113.7")])?, "203.0.113.7");
+        assert_eq!(
+            client(&[(xff, "6.6.6.6, 203.0.113.7, 10.0.0.2")])?,
+            "203.0.113.7",
+            "a trusted hop is skipped, a spoofed left part ignored"
+        );
+        assert_eq!(
+            client(&[(xff, "6.6.6.6"), (xff, "203.0.113.7:4711")])?,
+            "203.0.113.7",
+            "several instances read as one list, ports dropped"
+        );
+        assert_eq!(client(&[(xff, "10.0.0.3, 10.0.0.2")])?, "10.0.0.3");
+        assert_eq!(
+            client(&[(xff, "203.0.113.7, unknown")])?,
+            "10.0.0.1",
+            "nothing read past a hop that is not an address"
+        );
+        assert_eq!(client(&[(xff, "::ffff:198.51.100.1")])?, "198.51.100.1");
+        assert_eq!(client(&[(xff, "[2001:db8::1]:443")])?, "2001:db8::1");
+        Ok(())
+    }
 
     #[test]
     fn hop_by_hop_removes_every_fixed_header() -> TestResult {
