@@ -1,5 +1,6 @@
 //! Body types shared by the stages: everything is streamed; nothing here buffers.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -95,6 +96,84 @@ where
             self.finish();
         }
         polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A request body whose next piece did not come within the listener's `request_body_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body stalled: no data for {seconds:.1} s")]
+pub struct BodyStalled {
+    pub seconds: f64,
+}
+
+/// A body that fails with [`BodyStalled`] when its next frame takes longer than `limit`: a
+/// client that trickles a body (or stops sending one) would otherwise hold an upstream
+/// connection for as long as it likes. The bound is per frame, so a large upload that keeps
+/// moving is never cut off. The timer is made when the body first has to wait, so requests
+/// without a body (most of them) cost nothing.
+pub struct StallTimeout<B> {
+    inner: B,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The deadline runs for the current wait (cleared by each frame).
+    waiting: bool,
+    limit: std::time::Duration,
+}
+
+impl<B> StallTimeout<B> {
+    pub fn new(inner: B, limit: std::time::Duration) -> Self {
+        Self {
+            inner,
+            deadline: None,
+            waiting: false,
+            limit,
+        }
+    }
+}
+
+impl<B> Body for StallTimeout<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.waiting = false;
+                Poll::Ready(frame.map(|frame| frame.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let limit = this.limit;
+                let deadline = this
+                    .deadline
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                if !this.waiting {
+                    // A new wait: the timer (made once per body) starts again.
+                    this.waiting = true;
+                    deadline.as_mut().reset(tokio::time::Instant::now() + limit);
+                }
+                match deadline.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyStalled {
+                        seconds: limit.as_secs_f64(),
+                    })))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {

@@ -81,8 +81,13 @@ impl GateError {
             GateError::Authn(AuthnError::Unavailable { .. }) => StatusCode::SERVICE_UNAVAILABLE,
             GateError::Forward(ForwardError::BodyTooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             GateError::Forward(ForwardError::RequestBody) => StatusCode::BAD_REQUEST,
+            GateError::Forward(ForwardError::RequestBodyStalled { .. }) => {
+                StatusCode::REQUEST_TIMEOUT
+            }
             GateError::Forward(ForwardError::Unreachable { .. }) => StatusCode::BAD_GATEWAY,
-            GateError::Forward(ForwardError::Failed { .. }) => StatusCode::BAD_GATEWAY,
+            GateError::Forward(
+                ForwardError::Failed { .. } | ForwardError::UnexpectedEncoding { .. },
+            ) => StatusCode::BAD_GATEWAY,
             GateError::Forward(ForwardError::TimedOut { .. }) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -109,8 +114,11 @@ impl GateError {
             GateError::Authn(AuthnError::Missing(_) | AuthnError::Invalid { .. }) => "Unauthorized",
             GateError::Authn(AuthnError::Unavailable { .. }) => "IdentityProviderUnavailable",
             GateError::Forward(ForwardError::RequestBody) => "MalformedRequest",
+            GateError::Forward(ForwardError::RequestBodyStalled { .. }) => "RequestTimeout",
             GateError::Forward(ForwardError::Unreachable { .. }) => "UpstreamUnreachable",
-            GateError::Forward(ForwardError::Failed { .. }) => "UpstreamFailed",
+            GateError::Forward(
+                ForwardError::Failed { .. } | ForwardError::UnexpectedEncoding { .. },
+            ) => "UpstreamFailed",
             GateError::Forward(ForwardError::TimedOut { .. }) => "UpstreamTimeout",
         }
     }
@@ -124,9 +132,11 @@ impl GateError {
             | GateError::Identity(_)
             | GateError::AuditUnavailable => "unavailable",
             GateError::Authn(_) => "unauthenticated",
-            GateError::Forward(ForwardError::BodyTooLarge { .. } | ForwardError::RequestBody) => {
-                "rejected"
-            }
+            GateError::Forward(
+                ForwardError::BodyTooLarge { .. }
+                | ForwardError::RequestBody
+                | ForwardError::RequestBodyStalled { .. },
+            ) => "rejected",
             GateError::Forward(_) => "upstream_error",
             GateError::Route(_)
             | GateError::HeadersTooLarge { .. }

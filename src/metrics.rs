@@ -21,6 +21,9 @@ pub struct Metrics {
     pub request_duration: HistogramVec,
     pub upstream_duration: HistogramVec,
     pub inflight: IntGauge,
+    /// Client connections open now, and those closed at once because `max_connections` were.
+    pub connections_open: IntGauge,
+    pub connections_rejected: prometheus::IntCounter,
     pub config_reloads: IntCounterVec,
     pub config_last_reload_success: Gauge,
     pub authn_failures: IntCounterVec,
@@ -161,6 +164,12 @@ impl Metrics {
             &["upstream"],
         )?;
         let inflight = IntGauge::new("inflight_requests", "Requests being handled right now.")?;
+        let connections_open =
+            IntGauge::new("connections_open", "Client connections open right now.")?;
+        let connections_rejected = prometheus::IntCounter::new(
+            "connections_rejected_total",
+            "Client connections closed at once because listen.max_connections were open.",
+        )?;
         let config_reloads = IntCounterVec::new(
             Opts::new("config_reloads_total", "Configuration reloads, by outcome."),
             &["outcome"],
@@ -240,6 +249,8 @@ impl Metrics {
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_duration.clone()))?;
         registry.register(Box::new(inflight.clone()))?;
+        registry.register(Box::new(connections_open.clone()))?;
+        registry.register(Box::new(connections_rejected.clone()))?;
         registry.register(Box::new(config_reloads.clone()))?;
         registry.register(Box::new(config_last_reload_success.clone()))?;
         registry.register(Box::new(authn_failures.clone()))?;
@@ -259,6 +270,8 @@ impl Metrics {
             request_duration,
             upstream_duration,
             inflight,
+            connections_open,
+            connections_rejected,
             config_reloads,
             config_last_reload_success,
             authn_failures,

@@ -17,7 +17,7 @@ use crate::audit::{
     AuditDecision, AuditError, AuditRequest, AuditUpstream, Event, EventPrincipal, Timestamp,
 };
 use crate::authn::Principal;
-use crate::body::ResponseBody;
+use crate::body::{ResponseBody, StallTimeout};
 use crate::config::UpstreamKind;
 use crate::error::GateError;
 use crate::forward::headers::{client_address, forwarded_for_hop, RequestId};
@@ -424,9 +424,12 @@ async fn process(
     record.request.traceparent = Some(traceparent);
     let scheme = if connection.tls { "https" } else { "http" };
     let (parts, body) = request.into_parts();
-    let body = Limited::new(
-        body,
-        usize::try_from(listen.max_body_bytes).unwrap_or(usize::MAX),
+    let body = StallTimeout::new(
+        Limited::new(
+            body,
+            usize::try_from(listen.max_body_bytes).unwrap_or(usize::MAX),
+        ),
+        listen.request_body_timeout,
     );
     let request = Request::from_parts(parts, body);
     record.forwarded = true;

@@ -47,6 +47,9 @@ pub struct ListenSettings {
     pub max_header_bytes: usize,
     pub max_body_bytes: u64,
     pub header_read_timeout: Duration,
+    pub request_body_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
     pub drain_timeout: Duration,
 }
 
@@ -295,6 +298,9 @@ impl Snapshot {
                 max_header_bytes: listen.max_header_bytes,
                 max_body_bytes: listen.max_body_bytes,
                 header_read_timeout: listen.header_read_timeout.0,
+                request_body_timeout: listen.request_body_timeout.0,
+                idle_timeout: listen.idle_timeout.0,
+                max_connections: listen.max_connections,
                 drain_timeout: listen.drain_timeout.0,
             },
             admin_address: config

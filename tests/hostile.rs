@@ -1391,9 +1391,11 @@ async fn identity_claims_and_credentials_never_reach_the_upstream_and_synapse_ge
             }
             let mut names: Vec<&str> = headers.keys().map(|n| n.as_str()).collect();
             names.sort_unstable();
-            // `host` is the upstream's own, set by the gate's client from the upstream URL.
+            // `host` is the upstream's own, set by the gate's client from the upstream URL, and
+            // `accept-encoding` the gate's (`identity`, so `nextLink` can be rewritten).
             let mut expected = vec![
                 "accept",
+                "accept-encoding",
                 "content-length",
                 "content-type",
                 "host",

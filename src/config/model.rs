@@ -225,6 +225,18 @@ pub struct ListenConfig {
     /// Time a client has to send its complete request headers.
     #[serde(default = "defaults::header_read_timeout")]
     pub header_read_timeout: HumanDuration,
+    /// Longest wait for the next piece of a request body (408 when it does not come); a body
+    /// that keeps moving is never cut off.
+    #[serde(default = "defaults::request_body_timeout")]
+    pub request_body_timeout: HumanDuration,
+    /// A connection with no request in flight for this long is closed (HTTP/2 with `GOAWAY`),
+    /// so idle clients do not hold connections for ever.
+    #[serde(default = "defaults::idle_timeout")]
+    pub idle_timeout: HumanDuration,
+    /// Open client connections at most; connections beyond it are closed at once (and
+    /// counted), so a flood of connections cannot exhaust memory or file descriptors.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
     /// On SIGTERM, in-flight requests get this long to finish before the process exits.
     #[serde(default = "defaults::drain_timeout")]
     pub drain_timeout: HumanDuration,
@@ -421,6 +433,10 @@ pub struct UpstreamTimeouts {
     /// Pooled connections idle longer than this are closed.
     #[serde(default = "defaults::pool_idle_timeout")]
     pub idle: HumanDuration,
+    /// Reading a JSON response body that is inspected for `nextLink` (up to
+    /// `rewrite_body_limit`): an upstream slower than this gets 504.
+    #[serde(default = "defaults::read_ahead_timeout")]
+    pub read_ahead: HumanDuration,
 }
 
 impl Default for UpstreamTimeouts {
@@ -429,6 +445,7 @@ impl Default for UpstreamTimeouts {
             connect: defaults::connect_timeout(),
             response_header: defaults::response_header_timeout(),
             idle: defaults::pool_idle_timeout(),
+            read_ahead: defaults::read_ahead_timeout(),
         }
     }
 }
@@ -445,6 +462,15 @@ mod defaults {
     pub fn header_read_timeout() -> HumanDuration {
         HumanDuration::from_secs(10)
     }
+    pub fn request_body_timeout() -> HumanDuration {
+        HumanDuration::from_secs(30)
+    }
+    pub fn idle_timeout() -> HumanDuration {
+        HumanDuration::from_secs(120)
+    }
+    pub fn max_connections() -> usize {
+        10_000
+    }
     pub fn drain_timeout() -> HumanDuration {
         HumanDuration::from_secs(30)
     }
@@ -456,6 +482,9 @@ mod defaults {
     }
     pub fn pool_idle_timeout() -> HumanDuration {
         HumanDuration::from_secs(90)
+    }
+    pub fn read_ahead_timeout() -> HumanDuration {
+        HumanDuration::from_secs(30)
     }
     pub fn jwks_refresh_interval() -> HumanDuration {
         HumanDuration::from_secs(15 * 60)

@@ -38,12 +38,19 @@ pub enum ForwardError {
     },
     #[error("upstream `{upstream}` failed while handling the request")]
     Failed { upstream: String },
+    /// A Synapse list page came compressed although the gate asked for none: its `nextLink`
+    /// cannot be rewritten, and passing it on would send the client to Synapse directly.
+    #[error("upstream `{upstream}` answered with `Content-Encoding: {encoding}` although the gate asked for none; its links cannot be rewritten")]
+    UnexpectedEncoding { upstream: String, encoding: String },
     #[error("the request body is larger than the {limit}-byte limit")]
     BodyTooLarge { limit: u64 },
     /// The client's body broke off or was malformed (bad chunked framing) while it was being
     /// forwarded: the caller's fault, not the upstream's.
     #[error("the request body could not be read: it is malformed or ended early")]
     RequestBody,
+    /// The client stopped sending its body (`listen.request_body_timeout`).
+    #[error("the request body stalled: no data for {seconds:.1} s")]
+    RequestBodyStalled { seconds: f64 },
 }
 
 /// Per-request facts the forwarder needs from earlier stages.
@@ -110,6 +117,7 @@ pub struct Forwarder {
     rewrite_urls: bool,
     rewrite_body_limit: usize,
     response_header_timeout: Duration,
+    read_ahead_timeout: Duration,
     connect_timeout: Duration,
     request_headers: headers::RequestHeaders,
     /// `request_headers_dropped_total` of this upstream.
@@ -163,6 +171,7 @@ impl Forwarder {
             rewrite_urls: upstream.kind == UpstreamKind::SynapseDev,
             rewrite_body_limit: upstream.rewrite_body_limit,
             response_header_timeout: timeouts.response_header.0,
+            read_ahead_timeout: timeouts.read_ahead.0,
             connect_timeout: timeouts.connect.0,
             request_headers,
             dropped_headers,
@@ -189,6 +198,15 @@ impl Forwarder {
         parts.uri = std::mem::take(&mut outbound.uri);
         parts.version = http::Version::HTTP_11;
         let dropped = headers::filter_request(&mut parts.headers, &self.request_headers);
+        if self.rewrite_urls {
+            // `nextLink` in a compressed page could not be rewritten: Synapse is asked for
+            // none, and the gate's answer to the client is uncompressed (identity is always
+            // acceptable, RFC 9110 §12.5.3).
+            parts.headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
+        }
         if dropped > 0 {
             self.dropped_headers.inc_by(dropped as u64);
         }
@@ -229,7 +247,7 @@ impl Forwarder {
 
         let response = self
             .prepare_response(response, outbound.external_base)
-            .await;
+            .await?;
         Ok(Forwarded {
             response,
             upstream_duration,
@@ -265,6 +283,11 @@ impl Forwarder {
             if cause.is::<http_body_util::LengthLimitError>() {
                 return ForwardError::BodyTooLarge {
                     limit: max_body_bytes,
+                };
+            }
+            if let Some(stalled) = cause.downcast_ref::<crate::body::BodyStalled>() {
+                return ForwardError::RequestBodyStalled {
+                    seconds: stalled.seconds,
                 };
             }
             if let Some(io) = cause.downcast_ref::<std::io::Error>() {
@@ -305,11 +328,14 @@ impl Forwarder {
         &self,
         response: Response<Incoming>,
         external_base: &str,
-    ) -> Response<ResponseBody> {
+    ) -> Result<Response<ResponseBody>, ForwardError> {
         let (mut parts, body) = response.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
         if !self.rewrite_urls {
-            return Response::from_parts(parts, body.map_err(Into::into).boxed_unsync());
+            return Ok(Response::from_parts(
+                parts,
+                body.map_err(Into::into).boxed_unsync(),
+            ));
         }
         // Building the rewriter parses both bases, so it is built only for a URL to rewrite.
         let rewriter = || UrlRewriter::new(&self.base_url, external_base);
@@ -327,9 +353,34 @@ impl Forwarder {
             && content_length(&parts.headers)
                 .is_none_or(|length| length <= self.rewrite_body_limit as u64);
         if !inspect {
-            return Response::from_parts(parts, body.map_err(Into::into).boxed_unsync());
+            return Ok(Response::from_parts(
+                parts,
+                body.map_err(Into::into).boxed_unsync(),
+            ));
         }
-        let body = match read_up_to(body, self.rewrite_body_limit).await {
+        if let Some(encoding) = parts
+            .headers
+            .get(header::CONTENT_ENCODING)
+            .filter(|encoding| !encoding.as_bytes().eq_ignore_ascii_case(b"identity"))
+        {
+            return Err(ForwardError::UnexpectedEncoding {
+                upstream: self.name.clone(),
+                encoding: String::from_utf8_lossy(encoding.as_bytes()).into_owned(),
+            });
+        }
+        // A body that trickles would hold the request (and its caller) for as long as the
+        // upstream likes: the read-ahead has its own bound.
+        let read = tokio::time::timeout(
+            self.read_ahead_timeout,
+            read_up_to(body, self.rewrite_body_limit),
+        )
+        .await
+        .map_err(|_elapsed| ForwardError::TimedOut {
+            upstream: self.name.clone(),
+            phase: "response body",
+            seconds: self.read_ahead_timeout.as_secs_f64(),
+        })?;
+        let body = match read {
             ReadAhead::Complete(bytes) => {
                 let rewritten = rewrite::may_hold_next_link(&bytes)
                     .then(rewriter)
@@ -354,14 +405,13 @@ impl Forwarder {
                 crate::body::failed(error.into())
             }
         };
-        Response::from_parts(parts, body)
+        Ok(Response::from_parts(parts, body))
     }
 }
 
-/// The request header rules: hop-by-hop and identity headers out, the caller's credentials out,
-/// forwarding facts and the request id in.
-/// The per-request values are moved into the headers, not cloned.
-/// Sets what the gate vouches for on a request [`headers::filter_request`] has filtered.
+/// Sets what the gate vouches for on a request [`headers::filter_request`] has filtered: the
+/// workload token, trace context, forwarding facts and the request id. The per-request values
+/// are moved into the headers, not cloned.
 fn prepare_request_headers(headers: &mut http::HeaderMap, outbound: &mut Outbound<'_>) {
     // The caller's credentials never go upstream: the workload token, if the rule names an
     // identity, is the only one.

@@ -5,45 +5,55 @@ pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 
 use crate::gate::Gate;
 use crate::pipeline::{self, Connection};
 
-/// Accepts on `listener` until `shutdown` resolves, then waits up to the configured drain period
-/// for open requests to finish.
+/// Accepts on `listener` until `shutdown` resolves, then asks every connection to finish
+/// gracefully and waits up to the configured drain period for them.
 pub async fn run(gate: Arc<Gate>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-    let graceful = GracefulShutdown::new();
+    let (draining, drain) = tokio::sync::watch::channel(false);
+    // Every connection task holds a sender: when the last is dropped, every connection is closed.
+    let (open_tx, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
+    let open = Arc::new(AtomicUsize::new(0));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let Some(slot) = Slot::take(&open, &gate, open_tx.clone()) else {
+                        // Closing at once tells the client more than a connect that hangs.
+                        gate.metrics.connections_rejected.inc();
+                        tracing::debug!(%peer, "connection closed: max_connections are open");
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
                     let gate = gate.clone();
-                    let watcher = graceful.watcher();
+                    let drain = drain.clone();
                     tokio::spawn(async move {
+                        let _slot = slot;
                         let snapshot = gate.snapshot();
                         let handshake_timeout = snapshot.listen.header_read_timeout;
                         match snapshot.listen.tls.clone() {
                             None => {
-                                serve_connection(gate, Connection::new(peer, false, None), stream, watcher).await;
+                                serve_connection(gate, Connection::new(peer, false, None), stream, drain).await;
                             }
                             Some(config) => {
                                 let acceptor = tokio_rustls::TlsAcceptor::from(config);
                                 match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                                     Ok(Ok(tls)) => {
                                         let sni = tls.get_ref().1.server_name().map(str::to_ascii_lowercase);
-                                        serve_connection(gate, Connection::new(peer, true, sni), tls, watcher).await;
+                                        serve_connection(gate, Connection::new(peer, true, sni), tls, drain).await;
                                     }
                                     Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
                                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -61,14 +71,50 @@ pub async fn run(gate: Arc<Gate>, listener: TcpListener, shutdown: impl Future<O
         }
     }
     drop(listener);
-    let drain = gate.snapshot().listen.drain_timeout;
-    let open = graceful.count();
-    tracing::info!(open_connections = open, "draining");
-    if tokio::time::timeout(drain, graceful.shutdown())
+    drop(open_tx);
+    let _ = draining.send(true);
+    let drain_timeout = gate.snapshot().listen.drain_timeout;
+    tracing::info!(open_connections = open.load(Ordering::Relaxed), "draining");
+    if tokio::time::timeout(drain_timeout, all_closed.recv())
         .await
         .is_err()
     {
-        tracing::warn!(?drain, "drain period elapsed with requests still open");
+        tracing::warn!(drain = ?drain_timeout, "drain period elapsed with requests still open");
+    }
+}
+
+/// One of the `max_connections` places, held by a connection's task for as long as it runs.
+struct Slot {
+    open: Arc<AtomicUsize>,
+    gauge: prometheus::IntGauge,
+    _open_tx: tokio::sync::mpsc::Sender<()>,
+}
+
+impl Slot {
+    /// A place, if fewer than the configuration in force allows are open.
+    fn take(
+        open: &Arc<AtomicUsize>,
+        gate: &Gate,
+        open_tx: tokio::sync::mpsc::Sender<()>,
+    ) -> Option<Self> {
+        let max = gate.snapshot().listen.max_connections;
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |count| {
+            (count < max).then_some(count + 1)
+        })
+        .ok()?;
+        gate.metrics.connections_open.inc();
+        Some(Self {
+            open: open.clone(),
+            gauge: gate.metrics.connections_open.clone(),
+            _open_tx: open_tx,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        self.gauge.dec();
     }
 }
 
@@ -95,41 +141,117 @@ pub fn http_builder(
     builder
 }
 
+/// Requests in flight on one connection and when it last had none, for its idle timeout.
+struct Activity {
+    started: Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds since `started` when the last request ended (0: none has started yet).
+    idle_since: AtomicU64,
+    any_request: AtomicBool,
+}
+
+impl Activity {
+    fn begin(&self) {
+        self.any_request.store(true, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn end(&self) {
+        let millis = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.idle_since.store(millis, Ordering::Release);
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// When the connection may be closed for idleness if nothing happens before, or `None`
+    /// while a request is in flight.
+    fn idle_deadline(&self, idle_timeout: Duration) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let since = self.started + Duration::from_millis(self.idle_since.load(Ordering::Acquire));
+        Some(since + idle_timeout)
+    }
+}
+
+/// Ends a request's [`Activity`] however its future ends (finished, or dropped by hyper when
+/// the client goes away).
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
 async fn serve_connection<I>(
     gate: Arc<Gate>,
     connection: Connection,
     io: I,
-    watcher: hyper_util::server::graceful::Watcher,
+    mut drain: tokio::sync::watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let listen = &gate.snapshot().listen;
     let builder = http_builder(listen.header_read_timeout, listen.max_header_bytes);
     let header_read_timeout = listen.header_read_timeout;
+    let idle_timeout = listen.idle_timeout;
     let connection = Arc::new(connection);
-    // Until its first request arrives a connection gets `header_read_timeout`: hyper's own timer
-    // only starts once the protocol is known, so a client that connects and sends nothing
-    // (slowloris) would otherwise hold the connection for ever.
-    let first_request = Arc::new(tokio::sync::Notify::new());
-    let arrived = first_request.clone();
+    let activity = Arc::new(Activity {
+        started: Instant::now(),
+        in_flight: AtomicUsize::new(0),
+        idle_since: AtomicU64::new(0),
+        any_request: AtomicBool::new(false),
+    });
+    let requests = activity.clone();
     let service = service_fn(move |request| {
-        arrived.notify_one();
+        requests.begin();
+        let in_flight = InFlight(requests.clone());
         let gate = gate.clone();
         let connection = connection.clone();
-        async move { Ok::<_, Infallible>(pipeline::handle(gate, connection, request).await) }
+        async move {
+            let response = pipeline::handle(gate, connection, request).await;
+            drop(in_flight);
+            Ok::<_, Infallible>(response)
+        }
     });
-    let serving = watcher.watch(
-        builder
-            .serve_connection(TokioIo::new(io), service)
-            .into_owned(),
-    );
+    let serving = builder
+        .serve_connection(TokioIo::new(io), service)
+        .into_owned();
     tokio::pin!(serving);
-    let result = tokio::select! {
-        result = &mut serving => result,
-        () = first_request.notified() => serving.await,
-        () = tokio::time::sleep(header_read_timeout) => {
-            tracing::debug!("no request within the header read timeout: connection closed");
-            return;
+    // Until its first request arrives a connection gets `header_read_timeout`: hyper's own timer
+    // only starts once the protocol is known, so a client that connects and sends nothing
+    // (slowloris) would otherwise hold the connection for ever. After that, a connection with no
+    // request in flight for `idle_timeout` is closed gracefully (HTTP/2: GOAWAY), as is every
+    // connection when the gate drains.
+    let mut check_at = activity.started + header_read_timeout;
+    let mut closing = *drain.borrow();
+    if closing {
+        serving.as_mut().graceful_shutdown();
+    }
+    let result = loop {
+        tokio::select! {
+            result = serving.as_mut() => break result,
+            changed = drain.changed(), if !closing => {
+                if changed.is_err() || *drain.borrow() {
+                    closing = true;
+                    serving.as_mut().graceful_shutdown();
+                }
+            }
+            () = tokio::time::sleep_until(check_at.into()), if !closing => {
+                if !activity.any_request.load(Ordering::Relaxed) {
+                    tracing::debug!("no request within the header read timeout: connection closed");
+                    return;
+                }
+                match activity.idle_deadline(idle_timeout) {
+                    Some(deadline) if deadline <= Instant::now() => {
+                        tracing::debug!("idle connection closed");
+                        closing = true;
+                        serving.as_mut().graceful_shutdown();
+                    }
+                    Some(deadline) => check_at = deadline,
+                    None => check_at = Instant::now() + idle_timeout,
+                }
+            }
         }
     };
     if let Err(error) = result {

@@ -119,7 +119,7 @@ fn unknown_keys_are_reported_where_they_are() {
     let ran = check(&format!("listen:\n  adress: 127.0.0.1:8443\n{UPSTREAM}"));
     assert_refused_starting_with(
         &ran,
-        "gate.yaml:2:3: error: unknown field `adress`, expected one of address, tls, external_url, trusted_proxies, max_header_bytes, max_body_bytes, header_read_timeout, drain_timeout
+        "gate.yaml:2:3: error: unknown field `adress`, expected one of address, tls, external_url, trusted_proxies, max_header_bytes, max_body_bytes, header_read_timeout, request_body_timeout, idle_timeout, max_connections, drain_timeout
   |
 2 |   adress: 127.0.0.1:8443
   |   ^
@@ -174,7 +174,7 @@ fn near_miss_names_get_a_did_you_mean_hint() {
     let ran = check(&format!("listen:\n  adress: 127.0.0.1:8443\n{UPSTREAM}"));
     assert_refused(
         &ran,
-        "gate.yaml:2:3: error: unknown field `adress`, expected one of address, tls, external_url, trusted_proxies, max_header_bytes, max_body_bytes, header_read_timeout, drain_timeout
+        "gate.yaml:2:3: error: unknown field `adress`, expected one of address, tls, external_url, trusted_proxies, max_header_bytes, max_body_bytes, header_read_timeout, request_body_timeout, idle_timeout, max_connections, drain_timeout
   |
 2 |   adress: 127.0.0.1:8443
   |   ^
