@@ -94,9 +94,9 @@ impl Record {
             forwarded: false,
             request: AuditRequest {
                 method: method_name(request.method()),
-                host: request_host(request).unwrap_or_default().to_owned(),
+                host: bounded(request_host(request).unwrap_or_default(), MAX_AUDITED_HOST),
                 // Never the query string: it may carry secrets.
-                path: request.uri().path().to_owned(),
+                path: bounded(request.uri().path(), MAX_AUDITED_PATH),
                 source_ip: connection.source_ip.clone(),
                 peer: None,
                 user_agent: header("user-agent"),
@@ -152,6 +152,28 @@ impl Record {
             duration_ms: milliseconds(duration),
         }
     }
+}
+
+/// The longest path and host an audit event holds: a flood of requests with 30 KB paths
+/// (anyone can send them, no token needed to be refused) would otherwise write 30 KB lines.
+const MAX_AUDITED_PATH: usize = 1024;
+const MAX_AUDITED_HOST: usize = 256;
+
+/// `value`, or when longer than `limit` its start and `…sha256:<first 16 hex digits>` of the
+/// whole, so two long values still tell apart and a known one can be matched.
+fn bounded(value: &str, limit: usize) -> String {
+    if value.len() <= limit {
+        return value.to_owned();
+    }
+    let mut end = limit - 32;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out = String::with_capacity(limit);
+    out.push_str(&value[..end]);
+    out.push_str("…sha256:");
+    crate::common::push_hex(&mut out, &crate::common::sha256(value.as_bytes())[..8]);
+    out
 }
 
 /// A duration as the audit event writes it: milliseconds to the microsecond (`41.7`, `0.602`),
@@ -714,6 +736,23 @@ mod tests {
         }
         let custom = http::Method::from_bytes(b"PROPFIND").unwrap();
         assert_eq!(method_name(&custom), "PROPFIND");
+    }
+
+    #[test]
+    fn long_paths_are_bounded_with_a_hash_of_the_whole() {
+        let short = "/pipelines/p1";
+        assert_eq!(bounded(short, 64), short);
+        let long = format!("/pipelines/{}", "é".repeat(600));
+        let bounded_long = bounded(&long, MAX_AUDITED_PATH);
+        assert!(
+            bounded_long.len() <= MAX_AUDITED_PATH,
+            "{}",
+            bounded_long.len()
+        );
+        assert!(bounded_long.starts_with("/pipelines/é"));
+        let other = bounded(&format!("{long}x"), MAX_AUDITED_PATH);
+        assert_ne!(bounded_long, other, "the hash tells them apart");
+        assert!(other.contains("…sha256:"));
     }
 
     #[test]

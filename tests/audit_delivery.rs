@@ -338,3 +338,45 @@ async fn the_audit_id_is_always_the_gates_own() {
     assert_ne!(one["id"], two["id"]);
     gate.running.stop().await;
 }
+
+/// Anyone can send requests with 20 KB paths and hosts and be refused without a token: each
+/// leaves an audit line of bounded size, the path's start and a hash of the whole.
+#[tokio::test]
+async fn a_flood_of_long_unauthenticated_requests_leaves_bounded_audit_lines() {
+    let issuer = TestIssuer::start().await;
+    let upstream = FakeUpstream::echo(Wire::Plain, None).await;
+    let gate = TestGate::start(&gated_config(&issuer, &upstream.url, "http", "{}")).await;
+    wait_ready(&gate).await;
+    let anonymous = Client::plain();
+    let long_path = format!("/flood/{}", "a".repeat(20_000));
+    let long_host = format!("{}.example", "h".repeat(10_000));
+    for i in 0..20 {
+        let reply = anonymous
+            .send(
+                Request::get(gate.url(&format!("{long_path}{i}")))
+                    .header("host", long_host.as_str())
+                    .body(empty())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{reply:?}");
+    }
+    assert_eq!(upstream.count(), 0);
+    let text = std::fs::read_to_string(gate.dir.path().join("audit.jsonl")).unwrap();
+    let refused: Vec<&str> = text.lines().filter(|l| l.contains("/flood/")).collect();
+    assert_eq!(refused.len(), 20);
+    let mut paths = std::collections::HashSet::new();
+    for line in refused {
+        assert!(line.len() < 3 * 1024, "a {}-byte audit line", line.len());
+        let event: Value = serde_json::from_str(line).unwrap();
+        let path = event["request"]["path"].as_str().unwrap();
+        assert!(
+            path.starts_with("/flood/aaaa") && path.contains("…sha256:"),
+            "{path}"
+        );
+        assert!(event["request"]["host"].as_str().unwrap().len() <= 256);
+        paths.insert(path.to_owned());
+    }
+    assert_eq!(paths.len(), 20, "the hashes tell the 20 paths apart");
+    gate.running.stop().await;
+}
