@@ -37,6 +37,15 @@ fn config(issuer: &TestIssuer, url: &str, kind: &str, listen_extra: &str) -> Str
     )
 }
 
+/// A gate whose `listen:` gets `listen_extra`, in front of an echoing `http` upstream.
+async fn echo_gate(listen_extra: &str) -> (TestIssuer, FakeUpstream, TestGate) {
+    let issuer = TestIssuer::start().await;
+    let upstream = FakeUpstream::echo(Wire::Plain, None).await;
+    let gate = TestGate::start(&config(&issuer, &upstream.url, "http", listen_extra)).await;
+    wait_ready(&gate).await;
+    (issuer, upstream, gate)
+}
+
 /// Reads until the gate closes the connection (true) or the bound passes (false).
 async fn closed_by_the_gate(stream: &mut TcpStream) -> bool {
     let mut buffer = [0u8; 1024];
@@ -51,16 +60,11 @@ async fn closed_by_the_gate(stream: &mut TcpStream) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_max_connections_are_closed_at_once_and_counted() {
-    let issuer = TestIssuer::start().await;
-    let upstream = FakeUpstream::echo(Wire::Plain, None).await;
-    let gate = TestGate::start(&config(
-        &issuer,
-        &upstream.url,
-        "http",
-        "  max_connections: 3\n",
-    ))
+    let (issuer, upstream, gate) = echo_gate(
+        "  max_connections: 3
+",
+    )
     .await;
-    wait_ready(&gate).await;
     let address = gate.running.listen_address;
     let mut held = Vec::new();
     for _ in 0..3 {
@@ -113,16 +117,11 @@ async fn connections_beyond_max_connections_are_closed_at_once_and_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_http2_connection_is_closed_with_goaway() {
-    let issuer = TestIssuer::start().await;
-    let upstream = FakeUpstream::echo(Wire::Plain, None).await;
-    let gate = TestGate::start(&config(
-        &issuer,
-        &upstream.url,
-        "http",
-        "  idle_timeout: 1s\n",
-    ))
+    let (issuer, _upstream, gate) = echo_gate(
+        "  idle_timeout: 1s
+",
+    )
     .await;
-    wait_ready(&gate).await;
     let token = issuer.token(json!({}));
     let tcp = TcpStream::connect(gate.running.listen_address)
         .await
@@ -152,16 +151,11 @@ async fn an_idle_http2_connection_is_closed_with_goaway() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_body_that_stops_coming_is_408_and_never_completes_upstream() {
-    let issuer = TestIssuer::start().await;
-    let upstream = FakeUpstream::echo(Wire::Plain, None).await;
-    let gate = TestGate::start(&config(
-        &issuer,
-        &upstream.url,
-        "http",
-        "  request_body_timeout: 1s\n",
-    ))
+    let (issuer, upstream, gate) = echo_gate(
+        "  request_body_timeout: 1s
+",
+    )
     .await;
-    wait_ready(&gate).await;
     let token = issuer.token(json!({}));
     let mut stream = TcpStream::connect(gate.running.listen_address)
         .await
