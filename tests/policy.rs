@@ -901,23 +901,23 @@ const WARNING_POLICIES: [(&str, &str); 2] = [
     actions: [\"*.read\"]
   - id: analysts-read
     effect: allow
-    principals: { groups: [analysts] }
+    principals: { provider: corp, groups: [analysts] }
     actions: [pipelines.read]
   - id: interns-run
     effect: allow
-    principals: { groups: [interns] }
+    principals: { provider: corp, groups: [interns] }
     actions: [pipelines.run]
   - id: interns-no-pipelines
     effect: deny
-    principals: { groups: [interns] }
+    principals: { provider: corp, groups: [interns] }
     actions: [\"pipelines.*\"]
   - id: engineers-run
     effect: allow
-    principals: { groups: [engineers] }
+    principals: { provider: corp, groups: [engineers] }
     actions: [pipelines.run]
   - id: engineers-no-posts
     effect: deny
-    principals: { groups: [engineers] }
+    principals: { provider: corp, groups: [engineers] }
     request: { methods: [POST] }
   - id: everyone-run
     effect: allow
@@ -932,7 +932,15 @@ const WARNING_POLICIES: [(&str, &str); 2] = [
 
 /// (file, line, message) of every warning, with the temporary directory written as `<dir>`.
 fn warnings_of(files: &[(&str, &str)]) -> Vec<(String, u64, String)> {
-    let (dir, set) = load_ok(files);
+    warnings_in(&context(), files)
+}
+
+/// [`warnings_of`] with the configuration described by `context`.
+fn warnings_in(context: &PolicyContext<'_>, files: &[(&str, &str)]) -> Vec<(String, u64, String)> {
+    let dir = tempfile::tempdir().unwrap();
+    write_files(dir.path(), files.iter().copied());
+    let set = policy::load(dir.path(), true, context)
+        .unwrap_or_else(|e| panic!("the policies do not load:\n{e}"));
     let root = dir.path().display().to_string();
     set.warnings
         .iter()
@@ -972,7 +980,7 @@ fn a_clean_policy_set_has_no_warnings() {
         "rules:
   - id: analysts-read
     effect: allow
-    principals: { groups: [analysts] }
+    principals: { provider: corp, groups: [analysts] }
     actions: [\"*.read\"]
     resources: { kind: [pipelines, notebooks], name: \"n*\" }
   - id: livy
@@ -1011,6 +1019,57 @@ fn a_deny_path_ending_in_one_star_gets_a_hint_about_two() {
         "deny rule `no-admin`: path `/admin/*` matches one segment only (`/admin/x`, not `/admin/x/y`); write `/admin/**` to cover deeper paths".to_owned(),
     )];
     assert_eq!(got, expected);
+}
+
+/// A group, subject, e-mail, role, scope, client id or claim means something only within one
+/// provider: with several configured, an allow that does not name one lets any of them vouch
+/// for it. A deny that matches more callers only denies more, so it gets no warning.
+#[test]
+fn an_allow_matching_callers_without_a_provider_is_a_warning_when_several_are_configured() {
+    let files = [(
+        "a.yaml",
+        "rules:
+  - id: analysts-read
+    effect: allow
+    principals: { groups: [analysts] }
+    actions: [\"*.read\"]
+  - id: agent-trial
+    effect: allow
+    mode: shadow
+    principals: { subject: agent, email_domain: example.com, claims: { tid: t1 } }
+    actions: [\"*.read\"]
+  - id: corp-analysts-run
+    effect: allow
+    principals: { provider: corp, groups: [analysts] }
+    actions: [pipelines.run]
+  - id: everyone-reads-the-workspace
+    effect: allow
+    actions: [workspace.read]
+  - id: interns-no-runs
+    effect: deny
+    principals: { groups: [interns] }
+    actions: [\"*.run\"]
+",
+    )];
+    let expected = vec![
+        (
+            "<dir>/a.yaml".to_owned(),
+            2,
+            "allow rule `analysts-read` matches callers by groups without naming a `provider`: a token of any of the 2 configured providers (corp, cluster) with such claims matches it; add `provider:` to its principals".to_owned(),
+        ),
+        (
+            "<dir>/a.yaml".to_owned(),
+            6,
+            "allow rule `agent-trial` matches callers by subject, email_domain, claims without naming a `provider`: a token of any of the 2 configured providers (corp, cluster) with such claims matches it; add `provider:` to its principals".to_owned(),
+        ),
+    ];
+    assert_eq!(warnings_of(&files), expected);
+
+    let one_provider = PolicyContext {
+        providers: vec!["corp"],
+        ..context()
+    };
+    assert_eq!(warnings_in(&one_provider, &files[..]), Vec::new());
 }
 
 #[test]

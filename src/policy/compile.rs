@@ -47,6 +47,27 @@ struct PrincipalMatch {
     claims: Vec<(String, Vec<String>)>,
 }
 
+impl PrincipalMatch {
+    /// The names of the conditions that pick callers by what their provider says of them:
+    /// every condition but `provider`.
+    fn caller_conditions(&self) -> Vec<&'static str> {
+        [
+            ("subject", self.subjects.is_empty()),
+            ("email", self.emails.is_empty()),
+            ("email_domain", self.email_domains.is_empty()),
+            ("groups", self.groups.is_empty()),
+            ("roles", self.roles.is_empty()),
+            ("scopes", self.scopes.is_empty()),
+            ("client_id", self.client_ids.is_empty()),
+            ("claims", self.claims.is_empty()),
+        ]
+        .into_iter()
+        .filter(|(_, unset)| !unset)
+        .map(|(name, _)| name)
+        .collect()
+    }
+}
+
 #[derive(Default, PartialEq, Eq, Debug)]
 struct RequestMatch {
     methods: Vec<String>,
@@ -455,6 +476,7 @@ pub fn load(
         return Err(Diagnostics(problems));
     }
     warnings.extend(shadowed_allows(&rules));
+    warnings.extend(allows_without_a_provider(&rules, &context.providers));
     Ok(PolicySet::new(rules, tests, warnings, files.len()))
 }
 
@@ -747,6 +769,37 @@ fn shadowed_allows(rules: &[Rule]) -> Vec<Diagnostic> {
         }
     }
     warnings
+}
+
+/// Allows that pick callers by claims without naming a provider while several are configured:
+/// group names, subjects and claims are each provider's own, and any of them can issue the
+/// values such a rule asks for. A deny that matches more callers only denies more: not warned.
+fn allows_without_a_provider(rules: &[Rule], providers: &[&str]) -> Vec<Diagnostic> {
+    if providers.len() < 2 {
+        return Vec::new();
+    }
+    rules
+        .iter()
+        .filter(|rule| rule.effect == Effect::Allow && rule.principal.providers.is_empty())
+        .filter_map(|rule| {
+            let conditions = rule.principal.caller_conditions();
+            if conditions.is_empty() {
+                return None;
+            }
+            let (file, line) = split_location(&rule.location);
+            Some(Diagnostic::warning(
+                &file,
+                line,
+                format!(
+                    "allow rule `{}` matches callers by {} without naming a `provider`: a token of any of the {} configured providers ({}) with such claims matches it; add `provider:` to its principals",
+                    rule.id,
+                    conditions.join(", "),
+                    providers.len(),
+                    providers.join(", ")
+                ),
+            ))
+        })
+        .collect()
 }
 
 fn split_location(location: &str) -> (PathBuf, u64) {
