@@ -239,6 +239,12 @@ impl Snapshot {
                 .map(|p| p.name.value.as_str())
                 .collect(),
             identities: config.identities.keys().map(String::as_str).collect(),
+            providers_with_verified_emails: config
+                .providers
+                .iter()
+                .filter(|p| p.emails_verified)
+                .map(|p| p.name.value.as_str())
+                .collect(),
         };
         let policies = match crate::policy::load(&policy_dir, config.policies.is_some(), &context) {
             Ok(policies) => Some(policies),

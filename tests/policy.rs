@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 use http::{Method, Request, StatusCode};
 use serde::Deserialize;
 use synapse_gate::authn::Principal;
+// The offline commands' own reading of a test principal, so the table decides as they do.
+use synapse_gate::cli::explain::principal_from;
 use synapse_gate::config::Diagnostics;
 use synapse_gate::policy::{
     self, Decision, Effect, Facts, Mode, PolicyContext, PolicySet, RuleTrace, TestPrincipal,
@@ -34,13 +36,15 @@ use support::*;
 // Loading and deciding through the public API.
 // ---------------------------------------------------------------------------------------------
 
-const PROVIDERS: [&str; 2] = ["corp", "cluster"];
+/// `directory` vouches for its e-mail addresses (`emails_verified: true`).
+const PROVIDERS: [&str; 3] = ["corp", "cluster", "directory"];
 const IDENTITIES: [&str; 3] = ["reader", "runner", "admin"];
 
 fn context() -> PolicyContext<'static> {
     PolicyContext {
         providers: PROVIDERS.to_vec(),
         identities: IDENTITIES.to_vec(),
+        providers_with_verified_emails: vec!["directory"],
     }
 }
 
@@ -74,22 +78,6 @@ fn load_errors(files: &[(&str, &str)]) -> String {
         Err(errors) => errors
             .to_string()
             .replace(&dir.path().display().to_string(), "<dir>"),
-    }
-}
-
-fn principal_from(test: &TestPrincipal) -> Principal {
-    Principal {
-        provider: test.provider.clone(),
-        iss: String::new(),
-        sub: test.sub.clone(),
-        email: test.email.clone(),
-        name: None,
-        groups: test.groups.clone(),
-        roles: test.roles.clone(),
-        scopes: test.scopes.clone(),
-        client_id: test.client_id.clone(),
-        claims: test.claims.clone(),
-        expires_at: 0,
     }
 }
 
@@ -530,6 +518,7 @@ fn indexed_decisions_equal_a_linear_scan() {
                 email: rng
                     .chance(50)
                     .then(|| format!("{sub}@{}", rng.pick(&["example.com", "other.org"]))),
+                email_verified: rng.chance(50),
                 groups,
                 ..TestPrincipal::default()
             });
@@ -1055,12 +1044,12 @@ fn an_allow_matching_callers_without_a_provider_is_a_warning_when_several_are_co
         (
             "<dir>/a.yaml".to_owned(),
             2,
-            "allow rule `analysts-read` matches callers by groups without naming a `provider`: a token of any of the 2 configured providers (corp, cluster) with such claims matches it; add `provider:` to its principals".to_owned(),
+            "allow rule `analysts-read` matches callers by groups without naming a `provider`: a token of any of the 3 configured providers (corp, cluster, directory) with such claims matches it; add `provider:` to its principals".to_owned(),
         ),
         (
             "<dir>/a.yaml".to_owned(),
             6,
-            "allow rule `agent-trial` matches callers by subject, email_domain, claims without naming a `provider`: a token of any of the 2 configured providers (corp, cluster) with such claims matches it; add `provider:` to its principals".to_owned(),
+            "allow rule `agent-trial` matches callers by subject, email_domain, claims without naming a `provider`: a token of any of the 3 configured providers (corp, cluster, directory) with such claims matches it; add `provider:` to its principals".to_owned(),
         ),
     ];
     assert_eq!(warnings_of(&files), expected);
@@ -1834,6 +1823,63 @@ rules:
             && stdout.contains(
                 "  ✓ engineers-run-nightly [allow] matched (policies/10-rules.yaml:10)\n"
             ),
+        "{stdout}"
+    );
+}
+
+/// `test` and `explain` read a principal's `email` and `email_verified` as the token's claims of
+/// those names, so they decide e-mail allows as `serve` does; `explain` says when an address is
+/// not verified.
+#[test]
+fn offline_commands_trust_only_verified_emails_as_serve_does() {
+    let rules = "rules:
+  - id: example-staff
+    effect: allow
+    principals: { email_domain: example.com }
+    actions: [\"*.read\"]
+    identity: reader
+tests:
+  - name: a verified address
+    principal: { provider: corp, sub: a, email: alice@example.com, email_verified: true }
+    request: GET https://contoso.gate.example.com/pipelines
+    expect: { effect: allow, rule: example-staff, identity: reader }
+  - name: an unverified address
+    principal: { provider: corp, sub: m, email: mallory@example.com }
+    request: GET https://contoso.gate.example.com/pipelines
+    expect: { effect: deny }
+";
+    let dir = cli_dir(&[("a.yaml", rules)]);
+    let (code, stdout, stderr) = run_cli(dir.path(), &["test", "-c", "gate.yaml"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert_text(
+        &stdout,
+        "ok   a verified address (policies/a.yaml:8)
+ok   an unverified address (policies/a.yaml:12)
+2 passed, 0 failed
+",
+    );
+
+    std::fs::write(
+        dir.path().join("p.json"),
+        r#"{"provider": "corp", "sub": "m", "email": "mallory@example.com"}"#,
+    )
+    .unwrap();
+    let (code, stdout, stderr) = run_cli(
+        dir.path(),
+        &[
+            "explain",
+            "-c",
+            "gate.yaml",
+            "--principal",
+            "p.json",
+            "GET",
+            "https://contoso.gate.example.com/pipelines",
+        ],
+    );
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("decision: deny (no rule allows)\n")
+            && stdout.contains("  ✗ example-staff [allow] email `mallory@example.com` is not verified: the token has no `email_verified: true` about its `email` claim, and provider `corp` does not set `emails_verified` (policies/a.yaml:2)\n"),
         "{stdout}"
     );
 }

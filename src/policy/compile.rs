@@ -11,13 +11,17 @@ use serde_saphyr::Location;
 
 use super::model::{Effect, Mode, OneOrMany, PolicyFile, RuleSpec};
 use super::{Facts, PolicySet};
+use crate::authn::{Principal, EMAIL_CLAIM, EMAIL_VERIFIED_CLAIM};
 use crate::config::{closest, Diagnostic, Diagnostics};
 use crate::synapse;
 
-/// What policy files may refer to, from the configuration.
+/// What policy files may refer to, and what the configuration says of the facts rules read.
+#[derive(Default)]
 pub struct PolicyContext<'a> {
     pub providers: Vec<&'a str>,
     pub identities: Vec<&'a str>,
+    /// Providers whose `emails_verified` setting vouches for every address they issue.
+    pub providers_with_verified_emails: Vec<&'a str>,
 }
 
 /// A compiled rule.
@@ -30,6 +34,10 @@ pub(super) struct Rule {
     pub actions: Vec<&'static str>,
     pub location: String,
     principal: PrincipalMatch,
+    /// `Some` for an allow with an e-mail condition: the caller's address counts only when it is
+    /// verified, by the token ([`Principal::email_verified_by_token`]) or by being issued by one
+    /// of these providers. A deny reads any address: matching more callers only denies more.
+    trusted_email_providers: Option<Vec<String>>,
     resources: Vec<(String, Vec<String>)>,
     request: RequestMatch,
 }
@@ -154,9 +162,25 @@ fn show(values: &[String]) -> String {
 }
 
 impl Rule {
-    /// The claims this rule's principal conditions name.
+    /// The claims this rule's principal conditions read: those `claims:` names, and those that
+    /// verify an e-mail address.
     pub(super) fn claim_names(&self) -> impl Iterator<Item = &str> {
-        self.principal.claims.iter().map(|(name, _)| name.as_str())
+        let email = self
+            .trusted_email_providers
+            .is_some()
+            .then_some([EMAIL_CLAIM, EMAIL_VERIFIED_CLAIM]);
+        self.principal
+            .claims
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .chain(email.into_iter().flatten())
+    }
+
+    /// Whether `who`'s e-mail address is one this rule may read: see `trusted_email_providers`.
+    fn trusts_email_of(&self, who: &Principal) -> bool {
+        self.trusted_email_providers
+            .as_ref()
+            .is_none_or(|trusted| trusted.contains(&who.provider) || who.email_verified_by_token())
     }
 
     /// The literal start of each of this rule's resource `name` patterns, case-folded; `None`
@@ -254,6 +278,15 @@ impl Rule {
         let email = (!p.emails.is_empty() || !p.email_domains.is_empty())
             .then(|| who.email.as_deref().map(str::to_ascii_lowercase))
             .flatten();
+        if email.is_some() && !self.trusts_email_of(who) {
+            return Err(explain.then(|| {
+                format!(
+                    "email `{}` is not verified: the token has no `email_verified: true` about its `email` claim, and provider `{}` does not set `emails_verified`",
+                    who.email.as_deref().unwrap_or_default(),
+                    who.provider
+                )
+            }));
+        }
         if !p.emails.is_empty() && !email.as_deref().is_some_and(|e| any_glob(&p.emails, e)) {
             return Err(explain
                 .then(|| format!("email {:?} matches none of {}", who.email, show(&p.emails))));
@@ -581,6 +614,15 @@ fn compile_rule(
             .map(|v| v.to_ascii_lowercase())
             .collect::<Vec<_>>()
     };
+    let has_email_condition = principals.email.is_some() || principals.email_domain.is_some();
+    let trusted_email_providers =
+        (spec.effect == Effect::Allow && has_email_condition).then(|| {
+            context
+                .providers_with_verified_emails
+                .iter()
+                .map(|name| (*name).to_owned())
+                .collect()
+        });
     let principal = PrincipalMatch {
         providers,
         subjects: list(principals.subject),
@@ -655,6 +697,7 @@ fn compile_rule(
         actions,
         location,
         principal,
+        trusted_email_providers,
         resources,
         request,
     })

@@ -135,8 +135,14 @@ pub struct TestPrincipal {
     pub provider: String,
     #[serde(default)]
     pub sub: String,
+    /// The token's `email` claim.
     #[serde(default)]
     pub email: Option<String>,
+    /// The token's `email_verified` claim: `true` makes `email` a verified address, which an
+    /// allow's `email` and `email_domain` conditions need unless the provider sets
+    /// `emails_verified`.
+    #[serde(default)]
+    pub email_verified: bool,
     #[serde(default)]
     pub groups: Vec<String>,
     #[serde(default)]
@@ -145,6 +151,8 @@ pub struct TestPrincipal {
     pub scopes: Vec<String>,
     #[serde(default)]
     pub client_id: Option<String>,
+    /// Any other claims (a `claims` entry named `email` or `email_verified` wins over the
+    /// fields above).
     #[serde(default)]
     pub claims: serde_json::Map<String, serde_json::Value>,
 }
