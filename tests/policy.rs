@@ -45,6 +45,7 @@ fn context() -> PolicyContext<'static> {
         providers: PROVIDERS.to_vec(),
         identities: IDENTITIES.to_vec(),
         providers_with_verified_emails: vec!["directory"],
+        ..PolicyContext::default()
     }
 }
 
@@ -1952,6 +1953,45 @@ fn check_prints_warnings_and_refuses_broken_policies() {
         ),
         "{stderr}"
     );
+}
+
+/// Without `listen.trusted_proxies` a request's source address is its connecting peer's. On a
+/// listener beyond loopback that is often a load balancer or an ingress, one address for every
+/// client, so `check` warns about each rule with `source_ips`; trusted proxies (whose
+/// `X-Forwarded-For` names the client) or a loopback listener (a sidecar's) silence it.
+#[test]
+fn source_ips_on_a_listener_without_trusted_proxies_beyond_loopback_are_a_warning() {
+    let rules = "rules:
+  - id: office-only-writes
+    effect: deny
+    actions: [\"*.write\"]
+    request: { source_ips: [10.0.0.0/8] }
+  - id: analysts-read
+    effect: allow
+    principals: { groups: [analysts] }
+    actions: [\"*.read\"]
+";
+    let dir = cli_dir(&[("a.yaml", rules)]);
+    let check = |listen: &str| {
+        let config = CLI_CONFIG.replace("listen:\n  address: 127.0.0.1:8443\n", listen);
+        std::fs::write(dir.path().join("gate.yaml"), config).unwrap();
+        let (code, stdout, stderr) = run_cli(dir.path(), &["check", "-c", "gate.yaml"]);
+        assert_eq!(code, 0, "{stdout}\n{stderr}");
+        stdout
+    };
+    assert_text(
+        &check("listen:\n  address: 0.0.0.0:8443\n"),
+        "policies/a.yaml:2: warning: rule `office-only-writes`: `source_ips` compare the address of the connecting peer, as `listen.trusted_proxies` is empty and the listener is not on loopback; behind a load balancer or ingress that is the proxy's, whoever the client: list such proxies in `listen.trusted_proxies` (their `X-Forwarded-For` then names the client)
+gate.yaml: ok (1 upstream(s), 1 provider(s), 2 policy rule(s) in 1 file(s), 1 warning(s))
+",
+    );
+    let quiet = "gate.yaml: ok (1 upstream(s), 1 provider(s), 2 policy rule(s) in 1 file(s), 0 warning(s))\n";
+    assert_text(
+        &check("listen:\n  address: 0.0.0.0:8443\n  trusted_proxies: [10.1.0.0/16]\n"),
+        quiet,
+    );
+    assert_text(&check("listen:\n  address: \"[::1]:8443\"\n"), quiet);
+    assert_text(&check("listen:\n  address: 127.0.0.1:8443\n"), quiet);
 }
 
 #[test]

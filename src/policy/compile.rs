@@ -22,6 +22,10 @@ pub struct PolicyContext<'a> {
     pub identities: Vec<&'a str>,
     /// Providers whose `emails_verified` setting vouches for every address they issue.
     pub providers_with_verified_emails: Vec<&'a str>,
+    /// Whether a request's source address is its client's: `listen.trusted_proxies` are set
+    /// (their `X-Forwarded-For` names the client), or the listener is on loopback (a sidecar's
+    /// clients are on its host). Otherwise it may be a load balancer's, whoever the client.
+    pub client_address_is_known: bool,
 }
 
 /// A compiled rule.
@@ -510,6 +514,9 @@ pub fn load(
     }
     warnings.extend(shadowed_allows(&rules));
     warnings.extend(allows_without_a_provider(&rules, &context.providers));
+    if !context.client_address_is_known {
+        warnings.extend(source_ips_of_unknown_clients(&rules));
+    }
     Ok(PolicySet::new(rules, tests, warnings, files.len()))
 }
 
@@ -841,6 +848,26 @@ fn allows_without_a_provider(rules: &[Rule], providers: &[&str]) -> Vec<Diagnost
                     providers.join(", ")
                 ),
             ))
+        })
+        .collect()
+}
+
+/// Rules with `source_ips` where the source address may be a proxy's (see
+/// [`PolicyContext::client_address_is_known`]).
+fn source_ips_of_unknown_clients(rules: &[Rule]) -> Vec<Diagnostic> {
+    rules
+        .iter()
+        .filter(|rule| !rule.request.source_ips.is_empty())
+        .map(|rule| {
+            let (file, line) = split_location(&rule.location);
+            Diagnostic::warning(
+                &file,
+                line,
+                format!(
+                    "rule `{}`: `source_ips` compare the address of the connecting peer, as `listen.trusted_proxies` is empty and the listener is not on loopback; behind a load balancer or ingress that is the proxy's, whoever the client: list such proxies in `listen.trusted_proxies` (their `X-Forwarded-For` then names the client)",
+                    rule.id
+                ),
+            )
         })
         .collect()
 }
