@@ -253,6 +253,12 @@ impl Snapshot {
                 .collect(),
             client_address_is_known: !config.listen.trusted_proxies.is_empty()
                 || listens_on_loopback,
+            upstreams_without_host: config
+                .upstreams
+                .iter()
+                .filter(|u| u.matcher.host.is_none())
+                .map(|u| u.name.value.as_str())
+                .collect(),
         };
         let policies = match crate::policy::load(&policy_dir, config.policies.is_some(), &context) {
             Ok(policies) => Some(policies),

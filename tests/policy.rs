@@ -1994,6 +1994,49 @@ gate.yaml: ok (1 upstream(s), 1 provider(s), 2 policy rule(s) in 1 file(s), 1 wa
     assert_text(&check("listen:\n  address: 127.0.0.1:8443\n"), quiet);
 }
 
+/// An upstream routed by `match.host` is reached only with a host it matches; one routed by path
+/// prefix alone (or catch-all) is reached with any `Host` the client sends, so `check` warns
+/// about each rule with `hosts` when such an upstream exists.
+#[test]
+fn hosts_conditions_with_upstreams_routed_without_a_host_are_a_warning() {
+    let rules = "rules:
+  - id: no-writes-via-the-old-name
+    effect: deny
+    actions: [\"*.write\"]
+    request: { hosts: [old.gate.example.com] }
+  - id: analysts-read
+    effect: allow
+    principals: { groups: [analysts] }
+    actions: [\"*.read\"]
+";
+    let dir = cli_dir(&[("a.yaml", rules)]);
+    let (code, stdout, stderr) = run_cli(dir.path(), &["check", "-c", "gate.yaml"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert_text(
+        &stdout,
+        "gate.yaml: ok (1 upstream(s), 1 provider(s), 2 policy rule(s) in 1 file(s), 0 warning(s))\n",
+    );
+
+    let by_path = "  - name: fabrikam
+    url: https://fabrikam.dev.azuresynapse.net
+    match: { path_prefix: /ws/fabrikam }
+  - name: fallback
+    url: https://fallback.dev.azuresynapse.net
+    match: {}
+policies: policies
+";
+    let config = CLI_CONFIG.replace("policies: policies\n", by_path);
+    std::fs::write(dir.path().join("gate.yaml"), config).unwrap();
+    let (code, stdout, stderr) = run_cli(dir.path(), &["check", "-c", "gate.yaml"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert_text(
+        &stdout,
+        "policies/a.yaml:2: warning: rule `no-writes-via-the-old-name`: `hosts` compare the `Host` header, which the client picks for upstreams routed without `match.host` (fabrikam, fallback), so there it can pass or dodge this condition; tell upstreams apart with `resources: { workspace: … }`, or give those a `match.host`
+gate.yaml: ok (3 upstream(s), 1 provider(s), 2 policy rule(s) in 1 file(s), 1 warning(s))
+",
+    );
+}
+
 #[test]
 fn actions_lists_the_vocabulary_with_its_operations() {
     let dir = tempfile::tempdir().unwrap();

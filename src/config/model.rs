@@ -407,6 +407,8 @@ pub enum UpstreamKind {
 #[serde(deny_unknown_fields)]
 pub struct MatchConfig {
     /// `Host` the client used (port ignored, case-insensitive). `*.example.com` matches one label.
+    /// Without it the client may send any `Host`, so policies' `request.hosts` conditions say
+    /// nothing about requests routed here (`check` warns about them).
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub host: Option<Spanned<String>>,

@@ -26,6 +26,9 @@ pub struct PolicyContext<'a> {
     /// (their `X-Forwarded-For` names the client), or the listener is on loopback (a sidecar's
     /// clients are on its host). Otherwise it may be a load balancer's, whoever the client.
     pub client_address_is_known: bool,
+    /// Upstreams routed without `match.host` (by path prefix, or catch-all): their clients reach
+    /// them with any `Host` they like.
+    pub upstreams_without_host: Vec<&'a str>,
 }
 
 /// A compiled rule.
@@ -517,6 +520,10 @@ pub fn load(
     if !context.client_address_is_known {
         warnings.extend(source_ips_of_unknown_clients(&rules));
     }
+    warnings.extend(hosts_the_client_picks(
+        &rules,
+        &context.upstreams_without_host,
+    ));
     Ok(PolicySet::new(rules, tests, warnings, files.len()))
 }
 
@@ -866,6 +873,30 @@ fn source_ips_of_unknown_clients(rules: &[Rule]) -> Vec<Diagnostic> {
                 format!(
                     "rule `{}`: `source_ips` compare the address of the connecting peer, as `listen.trusted_proxies` is empty and the listener is not on loopback; behind a load balancer or ingress that is the proxy's, whoever the client: list such proxies in `listen.trusted_proxies` (their `X-Forwarded-For` then names the client)",
                     rule.id
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Rules with `hosts` while some upstreams are routed without `match.host`: for those the
+/// client picks the `Host`, so the condition holds or fails as it likes.
+fn hosts_the_client_picks(rules: &[Rule], upstreams_without_host: &[&str]) -> Vec<Diagnostic> {
+    if upstreams_without_host.is_empty() {
+        return Vec::new();
+    }
+    rules
+        .iter()
+        .filter(|rule| !rule.request.hosts.is_empty())
+        .map(|rule| {
+            let (file, line) = split_location(&rule.location);
+            Diagnostic::warning(
+                &file,
+                line,
+                format!(
+                    "rule `{}`: `hosts` compare the `Host` header, which the client picks for upstreams routed without `match.host` ({}), so there it can pass or dodge this condition; tell upstreams apart with `resources: {{ workspace: … }}`, or give those a `match.host`",
+                    rule.id,
+                    upstreams_without_host.join(", ")
                 ),
             )
         })

@@ -107,10 +107,12 @@ pub struct RequestSpec {
     /// Globs over the forwarded path (`*` within a segment, `**` across segments).
     #[serde(default)]
     pub paths: Option<OneOrMany>,
-    /// Globs over the host the client used (port ignored, case-insensitive).
+    /// Globs over the host the client used (port ignored, case-insensitive). The client picks
+    /// it: it tells requests apart only where every upstream is routed by `match.host`.
     #[serde(default)]
     pub hosts: Option<OneOrMany>,
-    /// CIDR blocks or addresses of the client.
+    /// CIDR blocks or addresses of the client (the connecting peer, or the client a trusted
+    /// proxy's `X-Forwarded-For` names).
     #[serde(default)]
     pub source_ips: Option<Spanned<OneOrMany>>,
 }
