@@ -32,6 +32,7 @@ fn context() -> PolicyContext<'static> {
     PolicyContext {
         providers: vec!["corp", "cluster"],
         identities: vec!["reader", "runner"],
+        ..PolicyContext::default()
     }
 }
 

@@ -235,6 +235,12 @@ impl Snapshot {
         watched_dirs.push(policy_tree.clone());
         watched_files.push(policy_tree);
         warn_about_audit_files_in(&loaded, &watched_dirs);
+        let listens_on_loopback = config
+            .listen
+            .address
+            .value
+            .parse::<SocketAddr>()
+            .is_ok_and(|address| address.ip().to_canonical().is_loopback());
         let context = PolicyContext {
             providers: config
                 .providers
@@ -242,6 +248,20 @@ impl Snapshot {
                 .map(|p| p.name.value.as_str())
                 .collect(),
             identities: config.identities.keys().map(String::as_str).collect(),
+            providers_with_verified_emails: config
+                .providers
+                .iter()
+                .filter(|p| p.emails_verified)
+                .map(|p| p.name.value.as_str())
+                .collect(),
+            client_address_is_known: !config.listen.trusted_proxies.is_empty()
+                || listens_on_loopback,
+            upstreams_without_host: config
+                .upstreams
+                .iter()
+                .filter(|u| u.matcher.host.is_none())
+                .map(|u| u.name.value.as_str())
+                .collect(),
         };
         let policies = match crate::policy::load(&policy_dir, config.policies.is_some(), &context) {
             Ok(policies) => Some(policies),

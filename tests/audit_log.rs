@@ -43,7 +43,18 @@ fn run(args: &[&str]) -> (i32, String, String) {
 
 /// Starts a gate whose policy directory already holds `POLICY` (the config names an absolute path).
 async fn start(issuer: &TestIssuer, upstream: &str, audit: &str, policy_dir: &Path) -> TestGate {
-    write_policy(policy_dir, POLICY);
+    start_with_policy(issuer, upstream, audit, policy_dir, POLICY).await
+}
+
+/// [`start`] with `policy` in place of `POLICY`.
+async fn start_with_policy(
+    issuer: &TestIssuer,
+    upstream: &str,
+    audit: &str,
+    policy_dir: &Path,
+    policy: &str,
+) -> TestGate {
+    write_policy(policy_dir, policy);
     let yaml = format!(
         "{}policies: {}\naudit:\n{audit}",
         gated_config(
@@ -407,6 +418,99 @@ async fn replay_reports_what_a_policy_change_would_decide_differently() {
         "  identity changed: 0",
         "  analysts-read → no-notebooks: 3",
         "  (no rule) → engineers-read-pipelines: 3",
+    ] {
+        assert!(out.contains(expected), "missing `{expected}` in:\n{out}");
+    }
+}
+
+/// An allow on `email_domain` admits a caller only when the address is verified: the token's
+/// `email_verified` is `true` (or `"true"`) and speaks of the address, which is its `email`
+/// claim; or the provider's `emails_verified` setting vouches for every address it issues. The
+/// audit line records the claims that decided, so replay re-decides each request as `serve` did.
+#[tokio::test]
+async fn an_email_rule_admits_verified_addresses_only_and_replay_decides_alike() {
+    let issuer = TestIssuer::start().await;
+    let upstream = FakeUpstream::echo(Wire::Plain, None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let audit_file = dir.path().join("audit.jsonl");
+    let audit = format!(
+        "  sinks: [ {{ file: {{ path: {} }} }} ]\n",
+        audit_file.display()
+    );
+    let policy = "rules:\n  - id: example-staff\n    effect: allow\n    principals: { email_domain: example.com }\n    actions: [\"*.read\"]\n";
+    let gate = start_with_policy(&issuer, &upstream.url, &audit, dir.path(), policy).await;
+    let callers = [
+        (
+            json!({"email": "alice@example.com", "email_verified": true}),
+            StatusCode::OK,
+        ),
+        (
+            json!({"email": "alice@example.com", "email_verified": "true"}),
+            StatusCode::OK,
+        ),
+        (
+            json!({"email": "mallory@example.com"}),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            json!({"email": "mallory@example.com", "email_verified": false}),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            json!({"preferred_username": "mallory@example.com", "email_verified": true}),
+            StatusCode::FORBIDDEN,
+        ),
+    ];
+    for (claims, status) in &callers {
+        let client = Client::plain().with_token(issuer.token(claims.clone()));
+        let reply = client.get(&gate.url("/ws/contoso/pipelines")).await;
+        assert_eq!(reply.status, *status, "{claims}");
+    }
+    assert_eq!(upstream.count(), 2);
+    let config = gate.config_path.clone();
+    gate.running.stop().await;
+
+    let recorded: Vec<Value> = lines(&audit_file)
+        .iter()
+        .filter(|line| line["action"] == "pipelines.read")
+        .map(|line| line["principal"]["claims"].clone())
+        .collect();
+    assert_eq!(
+        recorded,
+        [
+            json!({"email": "alice@example.com", "email_verified": true}),
+            json!({"email": "alice@example.com", "email_verified": "true"}),
+            json!({"email": "mallory@example.com"}),
+            json!({"email": "mallory@example.com", "email_verified": false}),
+            json!({"email_verified": true}),
+        ]
+    );
+    let replay = |config: &Path| {
+        run(&[
+            "replay",
+            "-c",
+            config.to_str().unwrap(),
+            "--fail-on-change",
+            audit_file.to_str().unwrap(),
+        ])
+    };
+    let (code, out, err) = replay(&config);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("unchanged:        5"), "{out}");
+
+    // The same log under a provider that vouches for its addresses: every caller is staff.
+    let vouching = dir.path().join("vouching.yaml");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "    jwks_min_refetch_interval: 1s\n",
+        "    jwks_min_refetch_interval: 1s\n    emails_verified: true\n",
+    );
+    std::fs::write(&vouching, text).unwrap();
+    let (code, out, err) = replay(&vouching);
+    assert_eq!(code, 1, "{out}{err}");
+    for expected in [
+        "  unchanged:        2",
+        "  newly allowed:    3",
+        "  (no rule) → example-staff: 3",
     ] {
         assert!(out.contains(expected), "missing `{expected}` in:\n{out}");
     }

@@ -1234,7 +1234,7 @@ async fn policy_files_for_this_suite_are_valid() {
     }
     let context = synapse_gate::policy::PolicyContext {
         providers: vec!["test"],
-        identities: vec![],
+        ..synapse_gate::policy::PolicyContext::default()
     };
     let set = synapse_gate::policy::load(dir.path(), true, &context).unwrap();
     assert_eq!(set.len(), 3);

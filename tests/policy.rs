@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 use http::{Method, Request, StatusCode};
 use serde::Deserialize;
 use synapse_gate::authn::Principal;
+// The offline commands' own reading of a test principal, so the table decides as they do.
+use synapse_gate::cli::explain::principal_from;
 use synapse_gate::config::Diagnostics;
 use synapse_gate::policy::{
     self, Decision, Effect, Facts, Mode, PolicyContext, PolicySet, RuleTrace, TestPrincipal,
@@ -34,13 +36,16 @@ use support::*;
 // Loading and deciding through the public API.
 // ---------------------------------------------------------------------------------------------
 
-const PROVIDERS: [&str; 2] = ["corp", "cluster"];
+/// `directory` vouches for its e-mail addresses (`emails_verified: true`).
+const PROVIDERS: [&str; 3] = ["corp", "cluster", "directory"];
 const IDENTITIES: [&str; 3] = ["reader", "runner", "admin"];
 
 fn context() -> PolicyContext<'static> {
     PolicyContext {
         providers: PROVIDERS.to_vec(),
         identities: IDENTITIES.to_vec(),
+        providers_with_verified_emails: vec!["directory"],
+        ..PolicyContext::default()
     }
 }
 
@@ -74,22 +79,6 @@ fn load_errors(files: &[(&str, &str)]) -> String {
         Err(errors) => errors
             .to_string()
             .replace(&dir.path().display().to_string(), "<dir>"),
-    }
-}
-
-fn principal_from(test: &TestPrincipal) -> Principal {
-    Principal {
-        provider: test.provider.clone(),
-        iss: String::new(),
-        sub: test.sub.clone(),
-        email: test.email.clone(),
-        name: None,
-        groups: test.groups.clone(),
-        roles: test.roles.clone(),
-        scopes: test.scopes.clone(),
-        client_id: test.client_id.clone(),
-        claims: test.claims.clone(),
-        expires_at: 0,
     }
 }
 
@@ -530,6 +519,7 @@ fn indexed_decisions_equal_a_linear_scan() {
                 email: rng
                     .chance(50)
                     .then(|| format!("{sub}@{}", rng.pick(&["example.com", "other.org"]))),
+                email_verified: rng.chance(50),
                 groups,
                 ..TestPrincipal::default()
             });
@@ -901,23 +891,23 @@ const WARNING_POLICIES: [(&str, &str); 2] = [
     actions: [\"*.read\"]
   - id: analysts-read
     effect: allow
-    principals: { groups: [analysts] }
+    principals: { provider: corp, groups: [analysts] }
     actions: [pipelines.read]
   - id: interns-run
     effect: allow
-    principals: { groups: [interns] }
+    principals: { provider: corp, groups: [interns] }
     actions: [pipelines.run]
   - id: interns-no-pipelines
     effect: deny
-    principals: { groups: [interns] }
+    principals: { provider: corp, groups: [interns] }
     actions: [\"pipelines.*\"]
   - id: engineers-run
     effect: allow
-    principals: { groups: [engineers] }
+    principals: { provider: corp, groups: [engineers] }
     actions: [pipelines.run]
   - id: engineers-no-posts
     effect: deny
-    principals: { groups: [engineers] }
+    principals: { provider: corp, groups: [engineers] }
     request: { methods: [POST] }
   - id: everyone-run
     effect: allow
@@ -932,7 +922,15 @@ const WARNING_POLICIES: [(&str, &str); 2] = [
 
 /// (file, line, message) of every warning, with the temporary directory written as `<dir>`.
 fn warnings_of(files: &[(&str, &str)]) -> Vec<(String, u64, String)> {
-    let (dir, set) = load_ok(files);
+    warnings_in(&context(), files)
+}
+
+/// [`warnings_of`] with the configuration described by `context`.
+fn warnings_in(context: &PolicyContext<'_>, files: &[(&str, &str)]) -> Vec<(String, u64, String)> {
+    let dir = tempfile::tempdir().unwrap();
+    write_files(dir.path(), files.iter().copied());
+    let set = policy::load(dir.path(), true, context)
+        .unwrap_or_else(|e| panic!("the policies do not load:\n{e}"));
     let root = dir.path().display().to_string();
     set.warnings
         .iter()
@@ -972,7 +970,7 @@ fn a_clean_policy_set_has_no_warnings() {
         "rules:
   - id: analysts-read
     effect: allow
-    principals: { groups: [analysts] }
+    principals: { provider: corp, groups: [analysts] }
     actions: [\"*.read\"]
     resources: { kind: [pipelines, notebooks], name: \"n*\" }
   - id: livy
@@ -1011,6 +1009,57 @@ fn a_deny_path_ending_in_one_star_gets_a_hint_about_two() {
         "deny rule `no-admin`: path `/admin/*` matches one segment only (`/admin/x`, not `/admin/x/y`); write `/admin/**` to cover deeper paths".to_owned(),
     )];
     assert_eq!(got, expected);
+}
+
+/// A group, subject, e-mail, role, scope, client id or claim means something only within one
+/// provider: with several configured, an allow that does not name one lets any of them vouch
+/// for it. A deny that matches more callers only denies more, so it gets no warning.
+#[test]
+fn an_allow_matching_callers_without_a_provider_is_a_warning_when_several_are_configured() {
+    let files = [(
+        "a.yaml",
+        "rules:
+  - id: analysts-read
+    effect: allow
+    principals: { groups: [analysts] }
+    actions: [\"*.read\"]
+  - id: agent-trial
+    effect: allow
+    mode: shadow
+    principals: { subject: agent, email_domain: example.com, claims: { tid: t1 } }
+    actions: [\"*.read\"]
+  - id: corp-analysts-run
+    effect: allow
+    principals: { provider: corp, groups: [analysts] }
+    actions: [pipelines.run]
+  - id: everyone-reads-the-workspace
+    effect: allow
+    actions: [workspace.read]
+  - id: interns-no-runs
+    effect: deny
+    principals: { groups: [interns] }
+    actions: [\"*.run\"]
+",
+    )];
+    let expected = vec![
+        (
+            "<dir>/a.yaml".to_owned(),
+            2,
+            "allow rule `analysts-read` matches callers by groups without naming a `provider`: a token of any of the 3 configured providers (corp, cluster, directory) with such claims matches it; add `provider:` to its principals".to_owned(),
+        ),
+        (
+            "<dir>/a.yaml".to_owned(),
+            6,
+            "allow rule `agent-trial` matches callers by subject, email_domain, claims without naming a `provider`: a token of any of the 3 configured providers (corp, cluster, directory) with such claims matches it; add `provider:` to its principals".to_owned(),
+        ),
+    ];
+    assert_eq!(warnings_of(&files), expected);
+
+    let one_provider = PolicyContext {
+        providers: vec!["corp"],
+        ..context()
+    };
+    assert_eq!(warnings_in(&one_provider, &files[..]), Vec::new());
 }
 
 #[test]
@@ -1779,6 +1828,63 @@ rules:
     );
 }
 
+/// `test` and `explain` read a principal's `email` and `email_verified` as the token's claims of
+/// those names, so they decide e-mail allows as `serve` does; `explain` says when an address is
+/// not verified.
+#[test]
+fn offline_commands_trust_only_verified_emails_as_serve_does() {
+    let rules = "rules:
+  - id: example-staff
+    effect: allow
+    principals: { email_domain: example.com }
+    actions: [\"*.read\"]
+    identity: reader
+tests:
+  - name: a verified address
+    principal: { provider: corp, sub: a, email: alice@example.com, email_verified: true }
+    request: GET https://contoso.gate.example.com/pipelines
+    expect: { effect: allow, rule: example-staff, identity: reader }
+  - name: an unverified address
+    principal: { provider: corp, sub: m, email: mallory@example.com }
+    request: GET https://contoso.gate.example.com/pipelines
+    expect: { effect: deny }
+";
+    let dir = cli_dir(&[("a.yaml", rules)]);
+    let (code, stdout, stderr) = run_cli(dir.path(), &["test", "-c", "gate.yaml"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert_text(
+        &stdout,
+        "ok   a verified address (policies/a.yaml:8)
+ok   an unverified address (policies/a.yaml:12)
+2 passed, 0 failed
+",
+    );
+
+    std::fs::write(
+        dir.path().join("p.json"),
+        r#"{"provider": "corp", "sub": "m", "email": "mallory@example.com"}"#,
+    )
+    .unwrap();
+    let (code, stdout, stderr) = run_cli(
+        dir.path(),
+        &[
+            "explain",
+            "-c",
+            "gate.yaml",
+            "--principal",
+            "p.json",
+            "GET",
+            "https://contoso.gate.example.com/pipelines",
+        ],
+    );
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("decision: deny (no rule allows)\n")
+            && stdout.contains("  ✗ example-staff [allow] email `mallory@example.com` is not verified: the token has no `email_verified: true` about its `email` claim, and provider `corp` does not set `emails_verified` (policies/a.yaml:2)\n"),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn explain_says_when_the_gate_would_answer_400() {
     let dir = cli_dir(&[("10-rules.yaml", CLI_RULES)]);
@@ -1846,6 +1952,88 @@ fn check_prints_warnings_and_refuses_broken_policies() {
   = help: did you mean `pipelines.run`? (`synapse-gate actions` lists them all)"
         ),
         "{stderr}"
+    );
+}
+
+/// Without `listen.trusted_proxies` a request's source address is its connecting peer's. On a
+/// listener beyond loopback that is often a load balancer or an ingress, one address for every
+/// client, so `check` warns about each rule with `source_ips`; trusted proxies (whose
+/// `X-Forwarded-For` names the client) or a loopback listener (a sidecar's) silence it.
+#[test]
+fn source_ips_on_a_listener_without_trusted_proxies_beyond_loopback_are_a_warning() {
+    let rules = "rules:
+  - id: office-only-writes
+    effect: deny
+    actions: [\"*.write\"]
+    request: { source_ips: [10.0.0.0/8] }
+  - id: analysts-read
+    effect: allow
+    principals: { groups: [analysts] }
+    actions: [\"*.read\"]
+";
+    let dir = cli_dir(&[("a.yaml", rules)]);
+    let check = |listen: &str| {
+        let config = CLI_CONFIG.replace("listen:\n  address: 127.0.0.1:8443\n", listen);
+        std::fs::write(dir.path().join("gate.yaml"), config).unwrap();
+        let (code, stdout, stderr) = run_cli(dir.path(), &["check", "-c", "gate.yaml"]);
+        assert_eq!(code, 0, "{stdout}\n{stderr}");
+        stdout
+    };
+    assert_text(
+        &check("listen:\n  address: 0.0.0.0:8443\n"),
+        "policies/a.yaml:2: warning: rule `office-only-writes`: `source_ips` compare the address of the connecting peer, as `listen.trusted_proxies` is empty and the listener is not on loopback; behind a load balancer or ingress that is the proxy's, whoever the client: list such proxies in `listen.trusted_proxies` (their `X-Forwarded-For` then names the client)
+gate.yaml: ok (1 upstream(s), 1 provider(s), 2 policy rule(s) in 1 file(s), 1 warning(s))
+",
+    );
+    let quiet = "gate.yaml: ok (1 upstream(s), 1 provider(s), 2 policy rule(s) in 1 file(s), 0 warning(s))\n";
+    assert_text(
+        &check("listen:\n  address: 0.0.0.0:8443\n  trusted_proxies: [10.1.0.0/16]\n"),
+        quiet,
+    );
+    assert_text(&check("listen:\n  address: \"[::1]:8443\"\n"), quiet);
+    assert_text(&check("listen:\n  address: 127.0.0.1:8443\n"), quiet);
+}
+
+/// An upstream routed by `match.host` is reached only with a host it matches; one routed by path
+/// prefix alone (or catch-all) is reached with any `Host` the client sends, so `check` warns
+/// about each rule with `hosts` when such an upstream exists.
+#[test]
+fn hosts_conditions_with_upstreams_routed_without_a_host_are_a_warning() {
+    let rules = "rules:
+  - id: no-writes-via-the-old-name
+    effect: deny
+    actions: [\"*.write\"]
+    request: { hosts: [old.gate.example.com] }
+  - id: analysts-read
+    effect: allow
+    principals: { groups: [analysts] }
+    actions: [\"*.read\"]
+";
+    let dir = cli_dir(&[("a.yaml", rules)]);
+    let (code, stdout, stderr) = run_cli(dir.path(), &["check", "-c", "gate.yaml"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert_text(
+        &stdout,
+        "gate.yaml: ok (1 upstream(s), 1 provider(s), 2 policy rule(s) in 1 file(s), 0 warning(s))\n",
+    );
+
+    let by_path = "  - name: fabrikam
+    url: https://fabrikam.dev.azuresynapse.net
+    match: { path_prefix: /ws/fabrikam }
+  - name: fallback
+    url: https://fallback.dev.azuresynapse.net
+    match: {}
+policies: policies
+";
+    let config = CLI_CONFIG.replace("policies: policies\n", by_path);
+    std::fs::write(dir.path().join("gate.yaml"), config).unwrap();
+    let (code, stdout, stderr) = run_cli(dir.path(), &["check", "-c", "gate.yaml"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert_text(
+        &stdout,
+        "policies/a.yaml:2: warning: rule `no-writes-via-the-old-name`: `hosts` compare the `Host` header, which the client picks for upstreams routed without `match.host` (fabrikam, fallback), so there it can pass or dodge this condition; tell upstreams apart with `resources: { workspace: … }`, or give those a `match.host`
+gate.yaml: ok (3 upstream(s), 1 provider(s), 2 policy rule(s) in 1 file(s), 1 warning(s))
+",
     );
 }
 

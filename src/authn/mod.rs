@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 pub use keys::{KeySource, KeyStatus, KeyStore, KeyStores, KeyTiming};
-pub use principal::{ClaimNames, Principal};
+pub use principal::{ClaimNames, Principal, EMAIL_CLAIM, EMAIL_VERIFIED_CLAIM};
 
 use crate::config::{ClaimValues, LoadedConfig};
 use crate::tls::TlsError;

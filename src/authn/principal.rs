@@ -29,6 +29,28 @@ pub struct Principal {
     pub expires_at: u64,
 }
 
+/// The OIDC claim that holds the caller's e-mail address.
+pub const EMAIL_CLAIM: &str = "email";
+/// The OIDC claim that says whether the provider verified the `email` claim.
+pub const EMAIL_VERIFIED_CLAIM: &str = "email_verified";
+
+impl Principal {
+    /// Whether the token vouches for this principal's e-mail address: its `email_verified` claim
+    /// is `true`, or the string `"true"` that some providers send (Apple, Cognito for federated
+    /// users), and the address is the token's `email` claim, the one `email_verified` speaks of.
+    /// An address read from `preferred_username` or `upn` is never verified this way.
+    pub fn email_verified_by_token(&self) -> bool {
+        let verified = match self.claims.get(EMAIL_VERIFIED_CLAIM) {
+            Some(Value::Bool(verified)) => *verified,
+            Some(Value::String(text)) => text == "true",
+            _ => false,
+        };
+        verified
+            && self.email.is_some()
+            && self.claims.get(EMAIL_CLAIM).and_then(Value::as_str) == self.email.as_deref()
+    }
+}
+
 /// Resolved claim names for one provider.
 #[derive(Debug, Clone)]
 pub struct ClaimNames {

@@ -3,7 +3,8 @@
 use std::path::Path;
 
 /// Loads and compiles the configuration; returns a summary, or every problem found.
-/// Warnings (rules that can never match, shadowed allows) come first in the summary.
+/// Warnings (rules that can never match or take effect, conditions the configuration makes
+/// unreliable) come first in the summary.
 pub fn run(config: &Path) -> Result<String, crate::config::Diagnostics> {
     let snapshot = super::explain::load_offline(config)?;
     let mut summary = String::new();

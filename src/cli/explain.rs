@@ -5,7 +5,9 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::Path;
 
-use crate::authn::{KeyStores, Principal};
+use serde_json::Value;
+
+use crate::authn::{KeyStores, Principal, EMAIL_CLAIM, EMAIL_VERIFIED_CLAIM};
 use crate::config::{Diagnostic, Diagnostics, UpstreamKind};
 use crate::metrics::Metrics;
 use crate::policy::{Decision, Effect, Facts, RuleTrace, TestPrincipal};
@@ -29,8 +31,20 @@ pub struct Explained {
     pub traces: Vec<RuleTrace>,
 }
 
-/// The principal a policy test or `--principal` file describes.
+/// The principal a policy test or `--principal` file describes. Its `email` and
+/// `email_verified` are also the token's claims of those names, as `serve` would read them.
 pub fn principal_from(test: &TestPrincipal) -> Principal {
+    let mut claims = test.claims.clone();
+    if let Some(email) = &test.email {
+        claims
+            .entry(EMAIL_CLAIM)
+            .or_insert_with(|| Value::String(email.clone()));
+    }
+    if test.email_verified {
+        claims
+            .entry(EMAIL_VERIFIED_CLAIM)
+            .or_insert(Value::Bool(true));
+    }
     Principal {
         provider: test.provider.clone(),
         iss: String::new(),
@@ -41,7 +55,7 @@ pub fn principal_from(test: &TestPrincipal) -> Principal {
         roles: test.roles.clone(),
         scopes: test.scopes.clone(),
         client_id: test.client_id.clone(),
-        claims: test.claims.clone(),
+        claims,
         expires_at: 0,
     }
 }

@@ -306,6 +306,14 @@ pub struct ProviderConfig {
     /// Where principal attributes live in the token.
     #[serde(default)]
     pub claims: ClaimMapping,
+    /// This provider verifies every e-mail address it puts in tokens (a directory that assigns
+    /// addresses on domains it owns), so policies' `email` and `email_domain` allows trust them
+    /// as they are. Without it an allow trusts an address only when the token's `email_verified`
+    /// claim is `true` (or `"true"`) and the address is its `email` claim. Leave it unset for a
+    /// provider whose users choose their own address, or whose address comes from
+    /// `preferred_username` or `upn` without the provider verifying it.
+    #[serde(default)]
+    pub emails_verified: bool,
     /// Keys are re-fetched this often while all is well.
     #[serde(default = "defaults::jwks_refresh_interval")]
     pub jwks_refresh_interval: HumanDuration,
@@ -411,6 +419,8 @@ pub enum UpstreamKind {
 #[serde(deny_unknown_fields)]
 pub struct MatchConfig {
     /// `Host` the client used (port ignored, case-insensitive). `*.example.com` matches one label.
+    /// Without it the client may send any `Host`, so policies' `request.hosts` conditions say
+    /// nothing about requests routed here (`check` warns about them).
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub host: Option<Spanned<String>>,

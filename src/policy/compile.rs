@@ -11,13 +11,24 @@ use serde_saphyr::Location;
 
 use super::model::{Effect, Mode, OneOrMany, PolicyFile, RuleSpec};
 use super::{Facts, PolicySet};
+use crate::authn::{Principal, EMAIL_CLAIM, EMAIL_VERIFIED_CLAIM};
 use crate::config::{closest, Diagnostic, Diagnostics};
 use crate::synapse;
 
-/// What policy files may refer to, from the configuration.
+/// What policy files may refer to, and what the configuration says of the facts rules read.
+#[derive(Default)]
 pub struct PolicyContext<'a> {
     pub providers: Vec<&'a str>,
     pub identities: Vec<&'a str>,
+    /// Providers whose `emails_verified` setting vouches for every address they issue.
+    pub providers_with_verified_emails: Vec<&'a str>,
+    /// Whether a request's source address is its client's: `listen.trusted_proxies` are set
+    /// (their `X-Forwarded-For` names the client), or the listener is on loopback (a sidecar's
+    /// clients are on its host). Otherwise it may be a load balancer's, whoever the client.
+    pub client_address_is_known: bool,
+    /// Upstreams routed without `match.host` (by path prefix, or catch-all): their clients reach
+    /// them with any `Host` they like.
+    pub upstreams_without_host: Vec<&'a str>,
 }
 
 /// A compiled rule.
@@ -30,6 +41,10 @@ pub(super) struct Rule {
     pub actions: Vec<&'static str>,
     pub location: String,
     principal: PrincipalMatch,
+    /// `Some` for an allow with an e-mail condition: the caller's address counts only when it is
+    /// verified, by the token ([`Principal::email_verified_by_token`]) or by being issued by one
+    /// of these providers. A deny reads any address: matching more callers only denies more.
+    trusted_email_providers: Option<Vec<String>>,
     resources: Vec<(String, Vec<String>)>,
     request: RequestMatch,
 }
@@ -45,6 +60,27 @@ struct PrincipalMatch {
     scopes: Vec<String>,
     client_ids: Vec<String>,
     claims: Vec<(String, Vec<String>)>,
+}
+
+impl PrincipalMatch {
+    /// The names of the conditions that pick callers by what their provider says of them:
+    /// every condition but `provider`.
+    fn caller_conditions(&self) -> Vec<&'static str> {
+        [
+            ("subject", self.subjects.is_empty()),
+            ("email", self.emails.is_empty()),
+            ("email_domain", self.email_domains.is_empty()),
+            ("groups", self.groups.is_empty()),
+            ("roles", self.roles.is_empty()),
+            ("scopes", self.scopes.is_empty()),
+            ("client_id", self.client_ids.is_empty()),
+            ("claims", self.claims.is_empty()),
+        ]
+        .into_iter()
+        .filter(|(_, unset)| !unset)
+        .map(|(name, _)| name)
+        .collect()
+    }
 }
 
 #[derive(Default, PartialEq, Eq, Debug)]
@@ -133,9 +169,25 @@ fn show(values: &[String]) -> String {
 }
 
 impl Rule {
-    /// The claims this rule's principal conditions name.
+    /// The claims this rule's principal conditions read: those `claims:` names, and those that
+    /// verify an e-mail address.
     pub(super) fn claim_names(&self) -> impl Iterator<Item = &str> {
-        self.principal.claims.iter().map(|(name, _)| name.as_str())
+        let email = self
+            .trusted_email_providers
+            .is_some()
+            .then_some([EMAIL_CLAIM, EMAIL_VERIFIED_CLAIM]);
+        self.principal
+            .claims
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .chain(email.into_iter().flatten())
+    }
+
+    /// Whether `who`'s e-mail address is one this rule may read: see `trusted_email_providers`.
+    fn trusts_email_of(&self, who: &Principal) -> bool {
+        self.trusted_email_providers
+            .as_ref()
+            .is_none_or(|trusted| trusted.contains(&who.provider) || who.email_verified_by_token())
     }
 
     /// The literal start of each of this rule's resource `name` patterns, case-folded; `None`
@@ -233,6 +285,15 @@ impl Rule {
         let email = (!p.emails.is_empty() || !p.email_domains.is_empty())
             .then(|| who.email.as_deref().map(str::to_ascii_lowercase))
             .flatten();
+        if email.is_some() && !self.trusts_email_of(who) {
+            return Err(explain.then(|| {
+                format!(
+                    "email `{}` is not verified: the token has no `email_verified: true` about its `email` claim, and provider `{}` does not set `emails_verified`",
+                    who.email.as_deref().unwrap_or_default(),
+                    who.provider
+                )
+            }));
+        }
         if !p.emails.is_empty() && !email.as_deref().is_some_and(|e| any_glob(&p.emails, e)) {
             return Err(explain
                 .then(|| format!("email {:?} matches none of {}", who.email, show(&p.emails))));
@@ -455,6 +516,14 @@ pub fn load(
         return Err(Diagnostics(problems));
     }
     warnings.extend(shadowed_allows(&rules));
+    warnings.extend(allows_without_a_provider(&rules, &context.providers));
+    if !context.client_address_is_known {
+        warnings.extend(source_ips_of_unknown_clients(&rules));
+    }
+    warnings.extend(hosts_the_client_picks(
+        &rules,
+        &context.upstreams_without_host,
+    ));
     Ok(PolicySet::new(rules, tests, warnings, files.len()))
 }
 
@@ -559,6 +628,15 @@ fn compile_rule(
             .map(|v| v.to_ascii_lowercase())
             .collect::<Vec<_>>()
     };
+    let has_email_condition = principals.email.is_some() || principals.email_domain.is_some();
+    let trusted_email_providers =
+        (spec.effect == Effect::Allow && has_email_condition).then(|| {
+            context
+                .providers_with_verified_emails
+                .iter()
+                .map(|name| (*name).to_owned())
+                .collect()
+        });
     let principal = PrincipalMatch {
         providers,
         subjects: list(principals.subject),
@@ -633,6 +711,7 @@ fn compile_rule(
         actions,
         location,
         principal,
+        trusted_email_providers,
         resources,
         request,
     })
@@ -747,6 +826,81 @@ fn shadowed_allows(rules: &[Rule]) -> Vec<Diagnostic> {
         }
     }
     warnings
+}
+
+/// Allows that pick callers by claims without naming a provider while several are configured:
+/// group names, subjects and claims are each provider's own, and any of them can issue the
+/// values such a rule asks for. A deny that matches more callers only denies more: not warned.
+fn allows_without_a_provider(rules: &[Rule], providers: &[&str]) -> Vec<Diagnostic> {
+    if providers.len() < 2 {
+        return Vec::new();
+    }
+    rules
+        .iter()
+        .filter(|rule| rule.effect == Effect::Allow && rule.principal.providers.is_empty())
+        .filter_map(|rule| {
+            let conditions = rule.principal.caller_conditions();
+            if conditions.is_empty() {
+                return None;
+            }
+            let (file, line) = split_location(&rule.location);
+            Some(Diagnostic::warning(
+                &file,
+                line,
+                format!(
+                    "allow rule `{}` matches callers by {} without naming a `provider`: a token of any of the {} configured providers ({}) with such claims matches it; add `provider:` to its principals",
+                    rule.id,
+                    conditions.join(", "),
+                    providers.len(),
+                    providers.join(", ")
+                ),
+            ))
+        })
+        .collect()
+}
+
+/// Rules with `source_ips` where the source address may be a proxy's (see
+/// [`PolicyContext::client_address_is_known`]).
+fn source_ips_of_unknown_clients(rules: &[Rule]) -> Vec<Diagnostic> {
+    rules
+        .iter()
+        .filter(|rule| !rule.request.source_ips.is_empty())
+        .map(|rule| {
+            let (file, line) = split_location(&rule.location);
+            Diagnostic::warning(
+                &file,
+                line,
+                format!(
+                    "rule `{}`: `source_ips` compare the address of the connecting peer, as `listen.trusted_proxies` is empty and the listener is not on loopback; behind a load balancer or ingress that is the proxy's, whoever the client: list such proxies in `listen.trusted_proxies` (their `X-Forwarded-For` then names the client)",
+                    rule.id
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Rules with `hosts` while some upstreams are routed without `match.host`: for those the
+/// client picks the `Host`, so the condition holds or fails as it likes.
+fn hosts_the_client_picks(rules: &[Rule], upstreams_without_host: &[&str]) -> Vec<Diagnostic> {
+    if upstreams_without_host.is_empty() {
+        return Vec::new();
+    }
+    rules
+        .iter()
+        .filter(|rule| !rule.request.hosts.is_empty())
+        .map(|rule| {
+            let (file, line) = split_location(&rule.location);
+            Diagnostic::warning(
+                &file,
+                line,
+                format!(
+                    "rule `{}`: `hosts` compare the `Host` header, which the client picks for upstreams routed without `match.host` ({}), so there it can pass or dodge this condition; tell upstreams apart with `resources: {{ workspace: … }}`, or give those a `match.host`",
+                    rule.id,
+                    upstreams_without_host.join(", ")
+                ),
+            )
+        })
+        .collect()
 }
 
 fn split_location(location: &str) -> (PathBuf, u64) {

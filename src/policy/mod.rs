@@ -153,7 +153,9 @@ pub struct PolicySet {
     rules: Vec<Rule>,
     index: FastMap<&'static str, Bucket>,
     tests: Vec<(std::path::PathBuf, TestSpec)>,
-    /// Problems that do not stop loading (rules that can never match, shadowed allows).
+    /// Problems that do not stop loading: rules that can never match or take effect, and
+    /// conditions the configuration makes unreliable (no `provider` among several, `source_ips`
+    /// without trusted proxies, `hosts` where the client picks the host).
     pub warnings: Vec<Diagnostic>,
     /// How many files were loaded.
     pub file_count: usize,

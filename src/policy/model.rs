@@ -107,10 +107,12 @@ pub struct RequestSpec {
     /// Globs over the forwarded path (`*` within a segment, `**` across segments).
     #[serde(default)]
     pub paths: Option<OneOrMany>,
-    /// Globs over the host the client used (port ignored, case-insensitive).
+    /// Globs over the host the client used (port ignored, case-insensitive). The client picks
+    /// it: it tells requests apart only where every upstream is routed by `match.host`.
     #[serde(default)]
     pub hosts: Option<OneOrMany>,
-    /// CIDR blocks or addresses of the client.
+    /// CIDR blocks or addresses of the client (the connecting peer, or the client a trusted
+    /// proxy's `X-Forwarded-For` names).
     #[serde(default)]
     pub source_ips: Option<Spanned<OneOrMany>>,
 }
@@ -135,8 +137,14 @@ pub struct TestPrincipal {
     pub provider: String,
     #[serde(default)]
     pub sub: String,
+    /// The token's `email` claim.
     #[serde(default)]
     pub email: Option<String>,
+    /// The token's `email_verified` claim: `true` makes `email` a verified address, which an
+    /// allow's `email` and `email_domain` conditions need unless the provider sets
+    /// `emails_verified`.
+    #[serde(default)]
+    pub email_verified: bool,
     #[serde(default)]
     pub groups: Vec<String>,
     #[serde(default)]
@@ -145,6 +153,8 @@ pub struct TestPrincipal {
     pub scopes: Vec<String>,
     #[serde(default)]
     pub client_id: Option<String>,
+    /// Any other claims (a `claims` entry named `email` or `email_verified` wins over the
+    /// fields above).
     #[serde(default)]
     pub claims: serde_json::Map<String, serde_json::Value>,
 }
