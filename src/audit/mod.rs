@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use prometheus::{IntCounterVec, IntGauge};
+use prometheus::{IntCounter, IntCounterVec, IntGauge};
 use tokio::sync::{mpsc, oneshot};
 
 pub use event::{
@@ -42,6 +42,8 @@ use sink::Sink;
 pub struct AuditMetrics {
     pub events: IntCounterVec,
     pub queue_depth: IntGauge,
+    /// Rotated files deleted to stay within `keep`.
+    pub files_dropped: IntCounter,
 }
 
 /// What the writer is asked to do.
@@ -134,9 +136,12 @@ impl Auditor {
             .iter()
             .map(|sink| match sink {
                 SinkConfig::Stdout {} => Sink::stdout(),
-                SinkConfig::File(file) => {
-                    Sink::file(loaded.resolve_path(&file.path), file.max_bytes, file.keep)
-                }
+                SinkConfig::File(file) => Sink::file(
+                    loaded.resolve_path(&file.path),
+                    file.max_bytes,
+                    file.keep,
+                    metrics.files_dropped.clone(),
+                ),
             })
             .collect();
         for sink in &sinks {

@@ -8,6 +8,8 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use prometheus::IntCounter;
+
 use super::chain::{line_hash, push_chained_line, set_line_hash, GENESIS};
 
 /// One destination of audit lines.
@@ -24,6 +26,8 @@ pub enum Sink {
         prev: String,
         /// When the configured path was last compared with the open file.
         path_checked: Instant,
+        /// `audit_files_dropped_total`: rotated files deleted to stay within `keep`.
+        files_dropped: IntCounter,
     },
 }
 
@@ -41,7 +45,7 @@ impl Sink {
     }
 
     /// A file sink; the file is opened (and its chain recovered) on first write.
-    pub fn file(path: PathBuf, max_bytes: u64, keep: usize) -> Self {
+    pub fn file(path: PathBuf, max_bytes: u64, keep: usize, files_dropped: IntCounter) -> Self {
         let prev = last_line_hash(&path).unwrap_or_else(|| GENESIS.to_owned());
         Sink::File {
             path,
@@ -51,6 +55,7 @@ impl Sink {
             size: 0,
             prev,
             path_checked: Instant::now(),
+            files_dropped,
         }
     }
 
@@ -93,6 +98,7 @@ impl Sink {
                 size,
                 prev,
                 path_checked,
+                files_dropped,
             } => {
                 let needed = buffer.len() as u64;
                 // Removed or replaced under the gate (a deleted directory, an operator's `mv`):
@@ -111,7 +117,15 @@ impl Sink {
                 }
                 if file.is_some() && *size > 0 && *size + needed > *max_bytes {
                     *file = None;
-                    rotate(path, *keep)?;
+                    // Deleting the oldest file loses its lines from this host: say so.
+                    if let Some(dropped) = rotate(path, *keep)? {
+                        files_dropped.inc();
+                        tracing::warn!(
+                            file = %dropped.display(),
+                            keep = *keep,
+                            "audit rotation deleted the oldest audit file to keep at most `keep` rotated files; archive rotated files elsewhere to keep their history"
+                        );
+                    }
                 }
                 if file.is_none() {
                     let opened = open_append(path)?;
@@ -170,20 +184,32 @@ fn open_append(path: &Path) -> std::io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
 }
 
-/// `audit.jsonl` → `audit.jsonl.1` → … → `audit.jsonl.<keep>` (the oldest is dropped).
-fn rotate(path: &Path, keep: usize) -> std::io::Result<()> {
-    let numbered = |n: usize| PathBuf::from(format!("{}.{n}", path.display()));
+/// `audit.jsonl.<n>`.
+fn numbered(path: &Path, n: usize) -> PathBuf {
+    PathBuf::from(format!("{}.{n}", path.display()))
+}
+
+/// `audit.jsonl` → `audit.jsonl.1` → … → `audit.jsonl.<keep>`; says which file was deleted
+/// to make room (`audit.jsonl.<keep>`, or with `keep: 0` the file itself).
+fn rotate(path: &Path, keep: usize) -> std::io::Result<Option<PathBuf>> {
     if keep == 0 {
-        return std::fs::remove_file(path);
+        std::fs::remove_file(path)?;
+        return Ok(Some(path.to_owned()));
     }
-    let _ = std::fs::remove_file(numbered(keep));
+    let oldest = numbered(path, keep);
+    let dropped = match std::fs::remove_file(&oldest) {
+        Ok(()) => Some(oldest),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+        Err(error) => return Err(error),
+    };
     for n in (1..keep).rev() {
-        let from = numbered(n);
+        let from = numbered(path, n);
         if from.exists() {
-            std::fs::rename(&from, numbered(n + 1))?;
+            std::fs::rename(&from, numbered(path, n + 1))?;
         }
     }
-    std::fs::rename(path, numbered(1))
+    std::fs::rename(path, numbered(path, 1))?;
+    Ok(dropped)
 }
 
 /// The hash of the last complete line of `path`, to continue its chain.
@@ -200,4 +226,33 @@ fn last_line_hash(path: &Path) -> Option<String> {
     let tail = tail.strip_suffix(b"\n").unwrap_or(&tail);
     let start = tail.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
     Some(line_hash(&tail[start..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_names_the_file_it_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        let rotate_once = |keep| {
+            std::fs::write(&path, "x\n").unwrap();
+            rotate(&path, keep).unwrap()
+        };
+        assert_eq!(rotate_once(2), None);
+        assert_eq!(rotate_once(2), None);
+        assert_eq!(rotate_once(2), Some(numbered(&path, 2)));
+        assert_eq!(rotate_once(0), Some(path.clone()));
+        assert!(!path.exists());
+
+        let dropped = IntCounter::new("dropped", "dropped").unwrap();
+        let path = dir.path().join("b.jsonl");
+        let mut sink = Sink::file(path, 10, 1, dropped.clone());
+        for i in 0..4 {
+            sink.write_batch(&[format!("{{\"id\":\"{i}\"}}")]).unwrap();
+        }
+        // Four lines, one per file: the second rotation onwards deletes `.1`.
+        assert_eq!(dropped.get(), 2);
+    }
 }
