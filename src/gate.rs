@@ -8,7 +8,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::authn::KeyStores;
-use crate::config::Diagnostics;
+use crate::config::{Diagnostic, Diagnostics};
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
 
@@ -39,7 +39,15 @@ impl Gate {
                 "address set by the environment, not gate.yaml"
             );
         }
-        let auditor = crate::audit::Auditor::start(&loaded, metrics.audit.clone());
+        let auditor =
+            crate::audit::Auditor::start(&loaded, metrics.audit.clone()).map_err(|error| {
+                Diagnostic::at_text(
+                    &loaded.path,
+                    &loaded.source,
+                    "checkpoint",
+                    error.to_string(),
+                )
+            })?;
         let snapshot = Snapshot::build(loaded, &key_stores, &metrics)?;
         metrics.record_reload(true);
         Ok(Arc::new(Self {

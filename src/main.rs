@@ -50,18 +50,20 @@ fn main() -> ExitCode {
             }
         },
         Some(Command::Explain(args)) => explain(&args),
-        Some(Command::Audit(cli::AuditCommand::Verify { files })) => {
-            match cli::audit::verify(&files) {
-                Ok(report) => {
-                    let _ = writeln!(std::io::stdout(), "{report}");
-                    ExitCode::SUCCESS
-                }
-                Err(problem) => {
-                    let _ = writeln!(std::io::stderr(), "{problem}");
-                    ExitCode::FAILURE
-                }
+        Some(Command::Audit(cli::AuditCommand::Verify {
+            files,
+            keys,
+            first_line,
+        })) => match cli::audit::verify(&files, &keys, first_line) {
+            Ok(report) => {
+                let _ = writeln!(std::io::stdout(), "{report}");
+                ExitCode::SUCCESS
             }
-        }
+            Err(problem) => {
+                let _ = writeln!(std::io::stderr(), "{problem}");
+                ExitCode::FAILURE
+            }
+        },
         Some(Command::Replay(args)) => replay(&args),
         Some(Command::Serve(args)) => serve(&args.config),
         None => serve(&cli.config),

@@ -230,6 +230,10 @@ impl Metrics {
         )?;
         let audit_queue =
             IntGauge::new("audit_queue_depth", "Audit events waiting for the writer.")?;
+        let audit_files_dropped = prometheus::IntCounter::new(
+            "audit_files_dropped_total",
+            "Rotated audit files deleted to stay within `keep` (their lines are gone from this host).",
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "build_info",
@@ -262,6 +266,7 @@ impl Metrics {
         registry.register(Box::new(secret_refreshes.clone()))?;
         registry.register(Box::new(audit_events.clone()))?;
         registry.register(Box::new(audit_queue.clone()))?;
+        registry.register(Box::new(audit_files_dropped.clone()))?;
         registry.register(Box::new(build_info))?;
         Ok(Self {
             registry,
@@ -286,6 +291,7 @@ impl Metrics {
             audit: crate::audit::AuditMetrics {
                 events: audit_events,
                 queue_depth: audit_queue,
+                files_dropped: audit_files_dropped,
             },
             process,
             process_registry,

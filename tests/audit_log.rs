@@ -642,3 +642,36 @@ async fn only_the_files_the_configuration_uses_trigger_reloads() {
         "the configuration's own change reloads once"
     );
 }
+
+/// When rotation has to drop the oldest file to stay within `keep`, it says so: the metric
+/// counts every file dropped (the log names it), and exactly `keep` rotated files remain.
+#[tokio::test]
+async fn rotation_that_drops_the_oldest_file_is_counted() {
+    let issuer = TestIssuer::start().await;
+    let upstream = FakeUpstream::echo(Wire::Plain, None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    let audit = format!(
+        "  sinks: [ {{ file: {{ path: {}, max_bytes: 1500, keep: 2 }} }} ]\n",
+        logs.join("audit.jsonl").display()
+    );
+    let gate = start(&issuer, &upstream.url, &audit, dir.path()).await;
+    let analyst = Client::plain().with_token(issuer.token(json!({"groups": ["analysts"]})));
+    for _ in 0..20 {
+        analyst.get(&gate.url("/ws/contoso/pipelines")).await;
+    }
+    let dropped = metric(
+        &gate.metrics().await,
+        "synapse_gate_audit_files_dropped_total",
+    );
+    gate.running.stop().await;
+    let mut names: Vec<String> = std::fs::read_dir(&logs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["audit.jsonl", "audit.jsonl.1", "audit.jsonl.2"]);
+    // Each event is over 500 bytes, so every second or third one rotates: 20 requests with
+    // their checks rotate at least 8 times, and all but the first two rotations drop a file.
+    assert!(dropped >= 6.0, "{dropped} files counted as dropped");
+}

@@ -340,7 +340,7 @@ async fn audit_events(gate: &TestGate) -> Vec<Value> {
         }
         last = len;
     }
-    let verified = synapse_gate::cli::audit::verify(std::slice::from_ref(&path));
+    let verified = synapse_gate::cli::audit::verify(std::slice::from_ref(&path), &[], 1);
     assert!(verified.is_ok(), "audit chain: {verified:?}");
     std::fs::read_to_string(&path)
         .unwrap()

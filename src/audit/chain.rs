@@ -4,6 +4,8 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 
+use super::checkpoint::Checkpoint;
+
 /// `prev` of the first line of a new chain.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -48,6 +50,35 @@ pub struct Verified {
     pub last_hash: String,
     /// `prev` of the first line (GENESIS for a chain that starts in these files).
     pub first_prev: String,
+    /// The checkpoints, in order (their signatures are not checked here).
+    pub checkpoints: Vec<Found>,
+    /// Where the lines after the last checkpoint begin, and how many there are.
+    pub unanchored: Option<(Location, usize)>,
+}
+
+/// A line of the files: file and 1-based line number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub file: String,
+    pub line: usize,
+}
+
+impl Location {
+    pub fn broken(&self, reason: impl Into<String>) -> Broken {
+        Broken {
+            file: self.file.clone(),
+            line: self.line,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A checkpoint where it was found: its 0-based position among all lines of the files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub checkpoint: Checkpoint,
+    pub at: Location,
+    pub position: u64,
 }
 
 /// The first place the chain breaks: file, 1-based line number, and why.
@@ -64,6 +95,8 @@ pub fn verify(files: &[&Path]) -> Result<Verified, Broken> {
     let mut previous: Option<String> = None;
     let mut first_prev = None;
     let mut lines = 0;
+    let mut checkpoints = Vec::new();
+    let mut unanchored: Option<(Location, usize)> = None;
     for file in files {
         let shown = file.display().to_string();
         let handle = std::fs::File::open(file).map_err(|e| Broken {
@@ -99,6 +132,21 @@ pub fn verify(files: &[&Path]) -> Result<Verified, Broken> {
                     ))
                 }
             }
+            let at = Location {
+                file: shown.clone(),
+                line: number,
+            };
+            match Checkpoint::from_line(&value).map_err(broken)? {
+                Some(checkpoint) => {
+                    checkpoints.push(Found {
+                        checkpoint,
+                        at,
+                        position: lines as u64,
+                    });
+                    unanchored = None;
+                }
+                None => unanchored.get_or_insert((at, 0)).1 += 1,
+            }
             previous = Some(line_hash(&line));
             lines += 1;
         }
@@ -107,6 +155,8 @@ pub fn verify(files: &[&Path]) -> Result<Verified, Broken> {
         lines,
         last_hash: previous.unwrap_or_else(|| GENESIS.to_owned()),
         first_prev: first_prev.unwrap_or_else(|| GENESIS.to_owned()),
+        checkpoints,
+        unanchored,
     })
 }
 

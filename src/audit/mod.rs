@@ -18,6 +18,7 @@
 //! per batch rather than once per event keeps the cost of the hand-over off each request.
 
 pub mod chain;
+pub mod checkpoint;
 mod event;
 mod sink;
 
@@ -25,7 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use prometheus::{IntCounterVec, IntGauge};
+use prometheus::{IntCounter, IntCounterVec, IntGauge};
 use tokio::sync::{mpsc, oneshot};
 
 pub use event::{
@@ -35,6 +36,7 @@ pub use event::{
 
 use crate::config::{LoadedConfig, OnFailure, SinkConfig};
 use crate::forward::headers::RequestId;
+use checkpoint::Checkpointer;
 use sink::Sink;
 
 /// Metrics of the audit stage.
@@ -42,6 +44,17 @@ use sink::Sink;
 pub struct AuditMetrics {
     pub events: IntCounterVec,
     pub queue_depth: IntGauge,
+    /// Rotated files deleted to stay within `keep`.
+    pub files_dropped: IntCounter,
+}
+
+/// Why the audit stage cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditStartError {
+    #[error("audit.checkpoint.key: {0}")]
+    CheckpointKey(#[from] checkpoint::KeyError),
+    #[error("audit.checkpoint.interval must be more than zero")]
+    ZeroInterval,
 }
 
 /// What the writer is asked to do.
@@ -125,18 +138,36 @@ pub struct Auditor {
 }
 
 impl Auditor {
-    /// Opens the configured sinks and starts the writer task (so it needs a Tokio runtime). The
-    /// first record (`gate.start`) proves every sink writable before any request is served.
-    pub fn start(loaded: &LoadedConfig, metrics: AuditMetrics) -> Self {
+    /// Reads the checkpoint key, opens the configured sinks and starts the writer task (so it
+    /// needs a Tokio runtime). The first record (`gate.start`) proves every sink writable
+    /// before any request is served.
+    pub fn start(loaded: &LoadedConfig, metrics: AuditMetrics) -> Result<Self, AuditStartError> {
         let config = loaded.config.audit.clone().unwrap_or_default();
+        let (checkpoints, checkpoint_interval) = match &config.checkpoint {
+            Some(checkpoint) => {
+                if checkpoint.interval.0.is_zero() {
+                    return Err(AuditStartError::ZeroInterval);
+                }
+                let checkpointer =
+                    Checkpointer::new(&checkpoint.key, checkpoint.every.get(), |path| {
+                        loaded.resolve_path(path)
+                    })?;
+                (Some(Arc::new(checkpointer)), Some(checkpoint.interval.0))
+            }
+            None => (None, None),
+        };
         let sinks: Vec<Sink> = config
             .sinks
             .iter()
             .map(|sink| match sink {
-                SinkConfig::Stdout {} => Sink::stdout(),
-                SinkConfig::File(file) => {
-                    Sink::file(loaded.resolve_path(&file.path), file.max_bytes, file.keep)
-                }
+                SinkConfig::Stdout {} => Sink::stdout(checkpoints.clone()),
+                SinkConfig::File(file) => Sink::file(
+                    loaded.resolve_path(&file.path),
+                    file.max_bytes,
+                    file.keep,
+                    checkpoints.clone(),
+                    metrics.files_dropped.clone(),
+                ),
             })
             .collect();
         for sink in &sinks {
@@ -149,10 +180,11 @@ impl Auditor {
         let writer = tokio::spawn(write_events(
             receiver,
             sinks,
+            checkpoint_interval,
             health.clone(),
             metrics.clone(),
         ));
-        Self {
+        Ok(Self {
             sender: std::sync::Mutex::new(Some(sender)),
             health,
             reject: config.on_failure == OnFailure::Reject,
@@ -160,7 +192,7 @@ impl Auditor {
             write_timeout: config.write_timeout.0,
             metrics,
             writer: std::sync::Mutex::new(Some(writer)),
-        }
+        })
     }
 
     /// Whether the sinks work as far as is known without asking them: the last write did not
@@ -257,8 +289,9 @@ impl Auditor {
         queued
     }
 
-    /// Writes the `gate.stop` record, then lets the writer drain its queue and waits for it
-    /// (a sink stuck in a write is given `write_timeout`, then left behind).
+    /// Writes the `gate.stop` record, then lets the writer drain its queue, write the final
+    /// checkpoints, and waits for it (a sink stuck in a write is given `write_timeout`, then
+    /// left behind).
     pub async fn close(&self) {
         let _ = self.record(&lifecycle("gate.stop")).await;
         self.sender.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -284,14 +317,30 @@ fn serialise(event: &Event) -> Option<String> {
 
 /// The writer: group commit, so everything queued is written with one system call per sink, on
 /// the blocking pool, and each waiting request is told whether its event (or check) was written.
+/// With checkpoints, a line waits at most `checkpoint_interval` for one: the writer wakes for
+/// it when nothing else is written; and the sinks end with one when the queue closes.
 async fn write_events(
     mut receiver: mpsc::Receiver<Job>,
     mut sinks: Vec<Sink>,
+    checkpoint_interval: Option<Duration>,
     health: Arc<Health>,
     metrics: AuditMetrics,
 ) {
     let mut batch: Vec<Job> = Vec::new();
-    while receiver.recv_many(&mut batch, 512).await > 0 {
+    // When the oldest line not yet followed by a checkpoint must have one.
+    let mut checkpoint_due: Option<Instant> = None;
+    loop {
+        let received = match checkpoint_due {
+            Some(due) => tokio::time::timeout_at(due.into(), receiver.recv_many(&mut batch, 512))
+                .await
+                .ok(),
+            None => Some(receiver.recv_many(&mut batch, 512).await),
+        };
+        let closed = received == Some(0);
+        let anchor = checkpoint_due.is_some_and(|due| closed || Instant::now() >= due);
+        if closed && !anchor {
+            break;
+        }
         metrics.queue_depth.set(receiver.len() as i64);
         let mut lines = Vec::with_capacity(batch.len());
         let mut waiting = Vec::with_capacity(batch.len());
@@ -305,46 +354,73 @@ async fn write_events(
             }
         }
         // Checks with no event to ride on: the proof is a record of its own.
-        if lines.is_empty() {
+        if lines.is_empty() && !waiting.is_empty() {
             lines.extend(serialise(&lifecycle("audit.check")));
         }
-        health.writing(Instant::now());
-        let count = lines.len() as u64;
-        let written = tokio::task::spawn_blocking(move || {
-            let outcomes: Vec<std::io::Result<()>> = sinks
-                .iter_mut()
-                .map(|sink| sink.write_batch(&lines))
-                .collect();
-            (sinks, outcomes)
-        })
-        .await;
-        let Ok((returned, outcomes)) = written else {
+        let Some(all_written) = write_to_sinks(&mut sinks, lines, anchor, &health, &metrics).await
+        else {
             // The write panicked: the sinks are gone with it, so nothing more can be written.
             tracing::error!("the audit writer failed; no further events can be written");
             health.written(false, Instant::now());
             return;
         };
-        sinks = returned;
-        let mut all_written = true;
-        for (sink, outcome) in sinks.iter().zip(outcomes) {
-            let outcome = match outcome {
-                Ok(()) => "written",
-                Err(error) => {
-                    all_written = false;
-                    tracing::error!(sink = sink.label(), %error, "cannot write audit events");
-                    "failed"
-                }
-            };
-            metrics
-                .events
-                .with_label_values(&[sink.label(), outcome])
-                .inc_by(count);
-        }
-        health.written(all_written, Instant::now());
         for done in waiting {
             let _ = done.send(all_written);
         }
+        if closed {
+            break;
+        }
+        let now = Instant::now();
+        checkpoint_due = checkpoint_interval.and_then(|interval| match (anchor, all_written) {
+            // Anchored: the next line starts the clock again.
+            (true, true) => None,
+            // A failed checkpoint is retried one interval on, not in a tight loop.
+            (true, false) => Some(now + interval),
+            (false, _) => checkpoint_due.or(Some(now + interval)),
+        });
     }
+}
+
+/// Writes one batch to every sink on the blocking pool and counts it; says whether every sink
+/// wrote it (`None`: the write panicked and took the sinks with it).
+async fn write_to_sinks(
+    sinks: &mut Vec<Sink>,
+    lines: Vec<String>,
+    anchor: bool,
+    health: &Health,
+    metrics: &AuditMetrics,
+) -> Option<bool> {
+    health.writing(Instant::now());
+    let count = lines.len() as u64;
+    let moved = std::mem::take(sinks);
+    let written = tokio::task::spawn_blocking(move || {
+        let mut moved = moved;
+        let outcomes: Vec<std::io::Result<()>> = moved
+            .iter_mut()
+            .map(|sink| sink.write_batch(&lines, anchor))
+            .collect();
+        (moved, outcomes)
+    })
+    .await;
+    let (returned, outcomes) = written.ok()?;
+    *sinks = returned;
+    let mut all_written = true;
+    for (sink, outcome) in sinks.iter().zip(outcomes) {
+        let outcome = match outcome {
+            Ok(()) => "written",
+            Err(error) => {
+                all_written = false;
+                tracing::error!(sink = sink.label(), %error, "cannot write audit events");
+                "failed"
+            }
+        };
+        metrics
+            .events
+            .with_label_values(&[sink.label(), outcome])
+            .inc_by(count);
+    }
+    health.written(all_written, Instant::now());
+    Some(all_written)
 }
 
 /// A gate lifecycle record (`gate.start`, `gate.stop`).

@@ -7,31 +7,58 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 
 use crate::audit::chain::{self, GENESIS};
+use crate::audit::checkpoint::{self, VerifyingKey};
 use crate::audit::{AuditDecision, AuditPrincipal, AuditRequest};
 use crate::authn::Principal;
 use crate::policy::{Effect, Facts};
 use crate::snapshot::Snapshot;
 use crate::synapse::{self, Resource};
 
-/// Verifies the chain across `files` (oldest first); the report names the first bad line.
-pub fn verify(files: &[PathBuf]) -> Result<String, String> {
+/// Verifies the chain across `files` (oldest first), and with `keys` every checkpoint in them
+/// (`first_line`: where in the chain the files begin); the report names the first bad line.
+pub fn verify(files: &[PathBuf], keys: &[String], first_line: u64) -> Result<String, String> {
+    let keys = keys
+        .iter()
+        .map(|key| VerifyingKey::from_argument(key).map_err(|e| format!("error: --key {key}: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
     let paths: Vec<&std::path::Path> = files.iter().map(PathBuf::as_path).collect();
-    match chain::verify(&paths) {
-        Ok(verified) => {
-            let start = if verified.first_prev == GENESIS {
-                "from the start of the chain".to_owned()
-            } else {
-                format!("continuing a chain at {}", verified.first_prev)
-            };
-            Ok(format!(
-                "ok: {} line(s) in {} file(s), chain intact {start}; last line hash {}",
-                verified.lines,
-                files.len(),
-                verified.last_hash
-            ))
+    let verified =
+        chain::verify(&paths).map_err(|broken| format!("audit chain broken at {broken}"))?;
+    let mut start = if verified.first_prev == GENESIS {
+        "from the start of the chain".to_owned()
+    } else {
+        format!("continuing a chain at {}", verified.first_prev)
+    };
+    let checkpoints = if keys.is_empty() {
+        match verified.checkpoints.len() {
+            0 => String::new(),
+            count => format!("; {count} checkpoint(s) not checked (no --key)"),
         }
-        Err(broken) => Err(format!("audit chain broken at {broken}")),
-    }
+    } else {
+        let first_file = files.first().map(|f| f.display().to_string());
+        let anchored = checkpoint::check(
+            &verified,
+            &keys,
+            first_line,
+            first_file.as_deref().unwrap_or_default(),
+        )
+        .map_err(|broken| format!("audit checkpoints fail at {broken}"))?;
+        if anchored.first_line > 1 {
+            start = format!("from line {} of the chain", anchored.first_line);
+        }
+        format!(
+            "; {} checkpoint(s) verified, the last (line {} of the chain, written {}) ends the files",
+            anchored.checkpoints,
+            anchored.last_seq + 1,
+            anchored.last_time
+        )
+    };
+    Ok(format!(
+        "ok: {} line(s) in {} file(s), chain intact {start}{checkpoints}; last line hash {}",
+        verified.lines,
+        files.len(),
+        verified.last_hash
+    ))
 }
 
 /// A recorded decision, as far as replay needs it.

@@ -105,8 +105,20 @@ pub struct ConfigArg {
 /// `synapse-gate audit ...`.
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Check the hash chain of audit files (oldest first: audit.jsonl.2 audit.jsonl.1 audit.jsonl).
+    /// Check the hash chain of audit files (oldest first: audit.jsonl.2 audit.jsonl.1 audit.jsonl),
+    /// and with --key their signed checkpoints.
     Verify {
+        /// The checkpoint key: `env:NAME`, `file:PATH` or a path. An Ed25519 public key (PEM
+        /// `PUBLIC KEY`; its private key works too) or the HMAC secret. Repeat it for logs that
+        /// span a key rotation. With a key the files must begin at the chain's first line (or
+        /// --first-line), every checkpoint must be signed and count the lines before it, and
+        /// the files must end with a checkpoint.
+        #[arg(long = "key", value_name = "KEY")]
+        keys: Vec<String>,
+        /// The chain line the first file begins at, when the lines before it were verified
+        /// earlier (rotated away since): one past the line of the last checkpoint verified then.
+        #[arg(long, default_value_t = 1, requires = "keys", value_parser = clap::value_parser!(u64).range(1..))]
+        first_line: u64,
         /// Audit files.
         #[arg(required = true)]
         files: Vec<PathBuf>,

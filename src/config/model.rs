@@ -529,6 +529,12 @@ mod defaults {
     pub fn audit_keep() -> usize {
         10
     }
+    pub fn checkpoint_every() -> std::num::NonZeroU64 {
+        std::num::NonZeroU64::MIN.saturating_add(999)
+    }
+    pub fn checkpoint_interval() -> HumanDuration {
+        HumanDuration::from_secs(60)
+    }
     pub fn max_token_bytes() -> usize {
         16 * 1024
     }
@@ -562,6 +568,43 @@ pub struct AuditConfig {
     /// the sink counts as stalled (503 `AuditUnavailable`, `/readyz` 503).
     #[serde(default = "defaults::audit_write_timeout")]
     pub write_timeout: HumanDuration,
+    /// Signed checkpoints in every sink's chain, so `synapse-gate audit verify --key` can prove
+    /// the log was written by the gate, detect a cut tail and a dropped oldest file. Off unless
+    /// set.
+    #[serde(default)]
+    pub checkpoint: Option<CheckpointConfig>,
+}
+
+/// Signed checkpoints: chained `audit.checkpoint` lines carrying the number of lines before
+/// them in the chain and a MAC or signature over that number, the hash of the line before
+/// (the head of the chain) and the time. One is written after every `every` lines, within
+/// `interval` of any line not yet followed by one, as the last line of a file before it is
+/// rotated, and after `gate.stop`.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// Lines between two checkpoints at most (default 1000).
+    #[serde(default = "defaults::checkpoint_every")]
+    pub every: std::num::NonZeroU64,
+    /// How long a line waits for the checkpoint after it at most (default `1m`): an idle gate
+    /// anchors its last lines within this time. Must be more than zero.
+    #[serde(default = "defaults::checkpoint_interval")]
+    pub interval: HumanDuration,
+    /// The key that signs them. Read once at start-up: a new key takes effect at the next start.
+    pub key: CheckpointKey,
+}
+
+/// A checkpoint key, by secret reference (`env` or `file`, relative to this file).
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum CheckpointKey {
+    /// HMAC-SHA256 with this secret (its bytes as written, without a trailing newline; at least
+    /// 32 of them). Whoever verifies needs the same secret, so could also forge checkpoints:
+    /// prefer `ed25519` when auditors are not the gate's operators.
+    Hmac(SecretRef),
+    /// Ed25519 with this private key, PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`, as made by
+    /// `openssl genpkey -algorithm ed25519`). Auditors verify with the public key only.
+    Ed25519(SecretRef),
 }
 
 impl Default for AuditConfig {
@@ -572,6 +615,7 @@ impl Default for AuditConfig {
             queue_size: defaults::audit_queue_size(),
             proof_max_age: defaults::audit_proof_max_age(),
             write_timeout: defaults::audit_write_timeout(),
+            checkpoint: None,
         }
     }
 }
