@@ -166,35 +166,48 @@ async fn an_http1_socket_closed_after_forwarding_still_leaves_the_audit_line() {
 }
 
 /// The sink breaks between two requests, with nothing in flight: the second request is refused
-/// before it is forwarded, at once (no earlier write's result vouches for it).
+/// before it is forwarded, whether it comes at once (`proof_max_age: 0s`: every request waits
+/// for a write begun after it asked) or after the default's quarter second (the last good write
+/// is too old to vouch for it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sink_failing_between_two_requests_forwards_neither_the_second_nor_later_ones() {
-    let issuer = TestIssuer::start().await;
-    let upstream = FakeUpstream::echo(Wire::Plain, None).await;
-    let yaml = format!(
-        "{}audit:\n  sinks: [ {{ file: {{ path: logs/audit.jsonl }} }} ]\n",
-        gated_config(&issuer, &upstream.url, "http", "{}")
-    );
-    let gate = TestGate::start(&yaml).await;
-    wait_ready(&gate).await;
-    let client = Client::plain().with_token(issuer.token(json!({})));
-    assert_eq!(client.get(&gate.url("/first")).await.status, StatusCode::OK);
-    assert_eq!(upstream.count(), 1);
+    for (proof, pause) in [("  proof_max_age: 0s\n", 0), ("", 400)] {
+        let issuer = TestIssuer::start().await;
+        let upstream = FakeUpstream::echo(Wire::Plain, None).await;
+        let yaml = format!(
+            "{}audit:\n  sinks: [ {{ file: {{ path: logs/audit.jsonl }} }} ]\n{proof}",
+            gated_config(&issuer, &upstream.url, "http", "{}")
+        );
+        let gate = TestGate::start(&yaml).await;
+        wait_ready(&gate).await;
+        let client = Client::plain().with_token(issuer.token(json!({})));
+        assert_eq!(client.get(&gate.url("/first")).await.status, StatusCode::OK);
+        assert_eq!(upstream.count(), 1);
 
-    let logs = gate.dir.path().join("logs");
-    std::fs::remove_dir_all(&logs).unwrap();
-    std::fs::write(&logs, "not a directory").unwrap();
-    for path in ["/second", "/third"] {
-        let reply = client.get(&gate.url(path)).await;
-        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{reply:?}");
-        assert_eq!(reply.gate_error().0, "AuditUnavailable");
-        assert!(reply.header("retry-after").is_some());
+        let logs = gate.dir.path().join("logs");
+        std::fs::remove_dir_all(&logs).unwrap();
+        std::fs::write(&logs, "not a directory").unwrap();
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        for path in ["/second", "/third"] {
+            let reply = client.get(&gate.url(path)).await;
+            assert_eq!(
+                reply.status,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "{proof}{reply:?}"
+            );
+            assert_eq!(reply.gate_error().0, "AuditUnavailable");
+            assert!(reply.header("retry-after").is_some());
+        }
+        assert_eq!(
+            upstream.count(),
+            1,
+            "{proof}: a request was forwarded unaudited"
+        );
+        let ready = Client::plain().get(&gate.admin_url("/readyz")).await;
+        assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(ready.json()["status"], "audit_unavailable");
+        gate.running.stop().await;
     }
-    assert_eq!(upstream.count(), 1, "a request was forwarded unaudited");
-    let ready = Client::plain().get(&gate.admin_url("/readyz")).await;
-    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(ready.json()["status"], "audit_unavailable");
-    gate.running.stop().await;
 }
 
 /// A sink that blocks: the audit file is a FIFO whose reader (this test) stops reading, so the

@@ -3,13 +3,16 @@
 //! known to be writing now, and an allowed request waits for its event to be written; with
 //! `continue` events are queued and dropped (counted) when they cannot be written.
 //!
-//! "Writing now" is evidence from the request's own path ([`Auditor::confirm_writable`]): once a
-//! request is allowed, it waits for a write to every sink that started after it asked. Under
-//! load that write is other requests' events, which are written anyway, so the proof costs a
-//! wait and no extra line; on an idle gate, with nothing else to write, it is an `audit.check`
-//! record. Awaiting a "forwarding" record of every request instead would have doubled the
-//! audit stage's lines and work under load. `proof_max_age` lets an operator accept a recent
-//! write as the proof instead (fewer `audit.check` lines, a bounded window after a failure).
+//! "Writing now" is evidence with a bounded age ([`Auditor::confirm_writable`]): a write to
+//! every sink that completed within `proof_max_age` (default 250 ms), and no write failed or
+//! stuck since. Under load batches complete every few hundred microseconds, so the check is a
+//! clock read and the first failed batch stops forwarding; a request that finds the evidence
+//! older (a quiet gate) waits for the writer to prove the sinks again: by writing what is
+//! queued or, when nothing is, an `audit.check` record. `0s` makes every forwarded request
+//! wait for such a write, begun after it asked. Measured with `bench/run` (h1, 50
+//! connections): that wait cost about 8 % of the gate's requests per second, an extra
+//! suspension of every request, where the bounded age costs nothing measurable; a quiet gate
+//! writes at most four `audit.check` lines a second.
 //!
 //! The writer is a task that gathers everything queued into one batch and hands it to Tokio's
 //! blocking pool, so a sink that blocks (a stdout pipe nobody drains, a hung file system) never
@@ -315,6 +318,9 @@ fn serialise(event: &Event) -> Option<String> {
     }
 }
 
+/// The most jobs one write takes.
+const MAX_BATCH: usize = 512;
+
 /// The writer: group commit, so everything queued is written with one system call per sink, on
 /// the blocking pool, and each waiting request is told whether its event (or check) was written.
 /// With checkpoints, a line waits at most `checkpoint_interval` for one: the writer wakes for
@@ -331,15 +337,30 @@ async fn write_events(
     let mut checkpoint_due: Option<Instant> = None;
     loop {
         let received = match checkpoint_due {
-            Some(due) => tokio::time::timeout_at(due.into(), receiver.recv_many(&mut batch, 512))
-                .await
-                .ok(),
-            None => Some(receiver.recv_many(&mut batch, 512).await),
+            Some(due) => {
+                tokio::time::timeout_at(due.into(), receiver.recv_many(&mut batch, MAX_BATCH))
+                    .await
+                    .ok()
+            }
+            None => Some(receiver.recv_many(&mut batch, MAX_BATCH).await),
         };
         let closed = received == Some(0);
         let anchor = checkpoint_due.is_some_and(|due| closed || Instant::now() >= due);
         if closed && !anchor {
             break;
+        }
+        if !closed {
+            // Every hand-over to the blocking pool costs two thread switches, on a machine
+            // whose one core the requests need: one round of the scheduler first lets every
+            // request that is ready queue its event, so a busy gate writes large batches and
+            // an idle one loses nothing (the yield returns at once).
+            tokio::task::yield_now().await;
+            while batch.len() < MAX_BATCH {
+                match receiver.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
         }
         metrics.queue_depth.set(receiver.len() as i64);
         let mut lines = Vec::with_capacity(batch.len());

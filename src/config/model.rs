@@ -518,7 +518,7 @@ mod defaults {
         10_000
     }
     pub fn audit_proof_max_age() -> HumanDuration {
-        HumanDuration::from_secs(0)
+        HumanDuration(std::time::Duration::from_millis(250))
     }
     pub fn audit_write_timeout() -> HumanDuration {
         HumanDuration::from_secs(2)
@@ -557,11 +557,10 @@ pub struct AuditConfig {
     /// not keeping up: the request is refused (503) rather than made to wait.
     #[serde(default = "defaults::audit_queue_size")]
     pub queue_size: usize,
-    /// With `reject`: a request is forwarded only when every sink has written within this time;
-    /// otherwise the gate first proves the sinks writable (writing what is queued, or an
-    /// `audit.check` record when nothing is). The default, `0s`, proves them after each
-    /// request is allowed and before it is forwarded; a longer age saves the idle gate's
-    /// `audit.check` records at the price of forwarding within that time of a sink failing.
+    /// With `reject`: a request is forwarded only when every sink has written within this time
+    /// (default `250ms`); otherwise it first waits for the writer to prove the sinks writable
+    /// (writing what is queued, or an `audit.check` record when nothing is). `0s` proves them
+    /// for every forwarded request, after it is allowed and before it is forwarded.
     #[serde(default = "defaults::audit_proof_max_age")]
     pub proof_max_age: HumanDuration,
     /// How long a request waits for the audit writer, and how long one write may take before
