@@ -814,10 +814,8 @@ fn shadowed_allows(rules: &[Rule]) -> Vec<Diagnostic> {
                     .all(|a| deny.actions.binary_search(a).is_ok())
         });
         if let Some(deny) = shadowing {
-            let (file, line) = split_location(&allow.location);
-            warnings.push(Diagnostic::warning(
-                &file,
-                line,
+            warnings.push(warning_at(
+                allow,
                 format!(
                     "allow rule `{}` can never take effect: deny rule `{}` ({}) matches every request it matches",
                     allow.id, deny.id, deny.location
@@ -843,10 +841,7 @@ fn allows_without_a_provider(rules: &[Rule], providers: &[&str]) -> Vec<Diagnost
             if conditions.is_empty() {
                 return None;
             }
-            let (file, line) = split_location(&rule.location);
-            Some(Diagnostic::warning(
-                &file,
-                line,
+            Some(warning_at(rule,
                 format!(
                     "allow rule `{}` matches callers by {} without naming a `provider`: a token of any of the {} configured providers ({}) with such claims matches it; add `provider:` to its principals",
                     rule.id,
@@ -866,10 +861,7 @@ fn source_ips_of_unknown_clients(rules: &[Rule]) -> Vec<Diagnostic> {
         .iter()
         .filter(|rule| !rule.request.source_ips.is_empty())
         .map(|rule| {
-            let (file, line) = split_location(&rule.location);
-            Diagnostic::warning(
-                &file,
-                line,
+            warning_at(rule,
                 format!(
                     "rule `{}`: `source_ips` compare the address of the connecting peer, as `listen.trusted_proxies` is empty and the listener is not on loopback; behind a load balancer or ingress that is the proxy's, whoever the client: list such proxies in `listen.trusted_proxies` (their `X-Forwarded-For` then names the client)",
                     rule.id
@@ -889,10 +881,7 @@ fn hosts_the_client_picks(rules: &[Rule], upstreams_without_host: &[&str]) -> Ve
         .iter()
         .filter(|rule| !rule.request.hosts.is_empty())
         .map(|rule| {
-            let (file, line) = split_location(&rule.location);
-            Diagnostic::warning(
-                &file,
-                line,
+            warning_at(rule,
                 format!(
                     "rule `{}`: `hosts` compare the `Host` header, which the client picks for upstreams routed without `match.host` ({}), so there it can pass or dodge this condition; tell upstreams apart with `resources: {{ workspace: … }}`, or give those a `match.host`",
                     rule.id,
@@ -901,6 +890,12 @@ fn hosts_the_client_picks(rules: &[Rule], upstreams_without_host: &[&str]) -> Ve
             )
         })
         .collect()
+}
+
+/// A `check` warning at `rule`'s file and line.
+fn warning_at(rule: &Rule, message: String) -> Diagnostic {
+    let (file, line) = split_location(&rule.location);
+    Diagnostic::warning(&file, line, message)
 }
 
 fn split_location(location: &str) -> (PathBuf, u64) {
