@@ -58,7 +58,14 @@ fn ambiguous(path: &str) -> bool {
         if decoded == b"." || decoded == b".." {
             return true;
         }
-        if std::str::from_utf8(&decoded).is_err() {
+        let Ok(text) = std::str::from_utf8(&decoded) else {
+            return true;
+        };
+        // Azure's front ends trim these, so the name could be another than the one classified.
+        if text.starts_with(char::is_whitespace)
+            || text.ends_with(char::is_whitespace)
+            || text.ends_with('.')
+        {
             return true;
         }
     }

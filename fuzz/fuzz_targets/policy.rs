@@ -51,6 +51,7 @@ fuzz_target!(|data: &[u8]| {
     let context = PolicyContext {
         providers: vec!["corp", "cluster"],
         identities: vec!["reader", "runner", "agent"],
+        ..PolicyContext::default()
     };
     let set = match synapse_gate::policy::load(dir, true, &context) {
         Ok(set) => set,
