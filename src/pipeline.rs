@@ -60,6 +60,14 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
+/// A request's metric labels: upstream, action, decision, and the upstream's duration.
+type Labels = (
+    Option<Arc<Upstream>>,
+    &'static str,
+    &'static str,
+    Option<Duration>,
+);
+
 /// What metrics and the audit event need to know about a request, filled in stage by stage.
 struct Record {
     /// The upstream, once routed.
@@ -107,6 +115,16 @@ impl Record {
             resource: None,
             audit_decision: None,
         }
+    }
+
+    /// What [`observe`] counts the request by.
+    fn labels(&self) -> Labels {
+        (
+            self.upstream.clone(),
+            self.action,
+            self.decision,
+            self.upstream_duration,
+        )
     }
 
     /// The audit event of the finished request (the record's facts move into it).
@@ -240,12 +258,7 @@ pub async fn handle(
     };
 
     let record = &mut audit.record;
-    let labels = (
-        record.upstream.clone(),
-        record.action,
-        record.decision,
-        record.upstream_duration,
-    );
+    let labels = record.labels();
     let forwarded = record.forwarded;
     let duration = started.elapsed();
     let event = record.event(
@@ -294,12 +307,7 @@ impl Drop for Unfinished<'_> {
         if self.done || !self.record.forwarded {
             return;
         }
-        let labels = (
-            self.record.upstream.clone(),
-            self.record.action,
-            self.record.decision,
-            self.record.upstream_duration,
-        );
+        let labels = self.record.labels();
         let duration = self.started.elapsed();
         let event = self.record.event(
             self.id.clone(),
@@ -625,12 +633,7 @@ fn external_base<B>(
 /// (and the upstream's) in the routed upstream's series.
 fn observe(
     metrics: &Metrics,
-    (upstream, action, decision, upstream_duration): &(
-        Option<Arc<Upstream>>,
-        &'static str,
-        &'static str,
-        Option<Duration>,
-    ),
+    (upstream, action, decision, upstream_duration): &Labels,
     status: http::StatusCode,
     duration: Duration,
 ) {

@@ -335,8 +335,7 @@ pub fn client_address(
     is_trusted: impl Fn(IpAddr) -> bool,
 ) -> IpAddr {
     let mut client = peer;
-    let values: Vec<&HeaderValue> = headers.get_all(X_FORWARDED_FOR).iter().collect();
-    for value in values.iter().rev() {
+    for value in headers.get_all(X_FORWARDED_FOR).iter().rev() {
         let Ok(text) = value.to_str() else {
             return client;
         };
